@@ -1,0 +1,585 @@
+"""Drop-in modules for the exact forms, and the constructors that build them.
+
+Constructors that return plain PyTorch layers (fresh parameters):
+
+- :func:`to_space` / :func:`to_depth` — the seed equivalence, conv ↔ conv.
+- :func:`merge` — a space-to-depth step + conv → one conv on the original input.
+- :func:`transposed` — conv + depth-to-space → ``nn.ConvTransposeNd``.
+
+Constructors that return pixelfold modules taking the *original* input and
+returning the *original* output:
+
+- :func:`fold` — pad → space_to_depth → conv with stride/block.
+- :func:`polyphase` — any stride: phase-split input → stride-1 conv → depth_to_space.
+- :func:`subpixel` — a transposed conv as conv(s) + depth_to_space.
+
+The modules keep the original layer's ``weight``/``bias`` Parameters (the
+same objects, so an optimizer that holds them keeps training them and
+``state_dict`` keys match the original layer) and compute the transformed
+weight in ``forward`` with one gather, so gradients are identical.
+``freeze()`` bakes the transformed weight for inference.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import transforms as T
+from .errors import FoldError
+from .rearrange import check_block, depth_to_space, phase_permutation, space_to_depth
+from .spec import ConvSpec, build_module
+
+__all__ = [
+    "SpaceToDepth",
+    "DepthToSpace",
+    "FocusSlice",
+    "PhaseConv",
+    "SubpixelConvTranspose",
+    "to_space",
+    "to_depth",
+    "fold",
+    "polyphase",
+    "subpixel",
+    "transposed",
+    "merge",
+    "icnr_",
+]
+
+_CONV_FN: dict[int, Callable[..., torch.Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _as_conv(module: nn.Module, what: str) -> nn.modules.conv._ConvNd:
+    if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        raise FoldError(f"{what} takes an nn.Conv1d/2d/3d, got {type(module).__name__}")
+    if type(module) not in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+        raise FoldError(
+            f"{what}: {type(module).__name__} subclasses nn.Conv and may change its forward (e.g. timm's "
+            "Conv2dSame pads in forward, StdConv2d standardises its weight); pixelfold does not rewrite it "
+            "from its attributes. Convert it to a plain conv first if its forward is the standard one"
+        )
+    return module
+
+
+# ---------------------------------------------------------------------------- rearrangement modules
+class SpaceToDepth(nn.Module):
+    """Module form of :func:`pixelfold.space_to_depth`.
+
+    >>> SpaceToDepth(2)(torch.zeros(1, 3, 4, 4)).shape
+    torch.Size([1, 12, 2, 2])
+    """
+
+    def __init__(self, block: int | Sequence[int], order: str = "crd") -> None:
+        super().__init__()
+        self.block = block
+        self.order = order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return space_to_depth(x, self.block, self.order)
+
+    def extra_repr(self) -> str:
+        return f"block={self.block}, order={self.order!r}"
+
+
+class DepthToSpace(nn.Module):
+    """Module form of :func:`pixelfold.depth_to_space`.
+
+    >>> DepthToSpace(2)(torch.zeros(1, 12, 2, 2)).shape
+    torch.Size([1, 3, 4, 4])
+    """
+
+    def __init__(self, block: int | Sequence[int], order: str = "crd") -> None:
+        super().__init__()
+        self.block = block
+        self.order = order
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return depth_to_space(x, self.block, self.order)
+
+    def extra_repr(self) -> str:
+        return f"block={self.block}, order={self.order!r}"
+
+
+class FocusSlice(SpaceToDepth):
+    """YOLOv5's Focus rearrangement: ``cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1)``.
+
+    That is ``space_to_depth(x, 2, order="focus")``.
+
+    >>> x = torch.randn(1, 3, 4, 4)
+    >>> ref = torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1)
+    >>> torch.equal(FocusSlice()(x), ref)
+    True
+    """
+
+    def __init__(self, block: int | Sequence[int] = 2) -> None:
+        super().__init__(block, "focus")
+
+
+# ---------------------------------------------------------------------------- gather maps
+def _index_map(transform: Callable[[torch.Tensor], torch.Tensor], shape: Sequence[int]) -> torch.Tensor:
+    """Run a gather-only weight transform on indices: entry ``i+1`` marks source ``i``, 0 a zero."""
+    probe = torch.arange(1, math.prod(shape) + 1, dtype=torch.float64).reshape(*shape)
+    out = transform(probe)
+    return out.round().long()
+
+
+def _apply_map(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    flat = torch.cat([source.new_zeros(1), source.reshape(-1)])
+    return flat[index]
+
+
+class _GatheredConv(nn.Module):
+    """Shared machinery: original weight/bias Parameters + precomputed gather maps."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    def _setup_params(self, source: nn.Module, weight_fn: Callable[[torch.Tensor], torch.Tensor],
+                      bias_fn: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+        self.weight = source.weight  # type: ignore[assignment]
+        self.bias = source.bias  # type: ignore[assignment]
+        self.register_buffer("weight_index", _index_map(weight_fn, self.weight.shape).to(self.weight.device),
+                             persistent=False)
+        if self.bias is not None and bias_fn is not None:
+            self.register_buffer("bias_index", _index_map(bias_fn, self.bias.shape).to(self.bias.device),
+                                 persistent=False)
+        else:
+            self.bias_index = None
+        self.frozen = False
+
+    def transformed_weight(self) -> torch.Tensor:
+        """The inner conv's weight, computed from the original ``weight``."""
+        if self.frozen:
+            return self.frozen_weight
+        return _apply_map(self.weight, self.weight_index)
+
+    def transformed_bias(self) -> torch.Tensor | None:
+        """The inner conv's bias (``None`` without bias)."""
+        if self.bias is None:
+            return None
+        if self.frozen:
+            return self.frozen_bias
+        if self.bias_index is None:
+            return self.bias
+        return _apply_map(self.bias, self.bias_index)
+
+    @torch.no_grad()
+    def freeze(self) -> "_GatheredConv":
+        """Bake the transformed weight into buffers (for inference); returns ``self``.
+
+        Later changes to ``weight`` are not seen until :meth:`unfreeze`.
+        """
+        self.frozen = False
+        self.register_buffer("frozen_weight", self.transformed_weight().detach().clone(), persistent=False)
+        bias = self.transformed_bias()
+        self.register_buffer("frozen_bias", None if bias is None else bias.detach().clone(), persistent=False)
+        self.frozen = True
+        return self
+
+    deploy = freeze
+
+    def unfreeze(self) -> "_GatheredConv":
+        """Go back to computing the transformed weight in ``forward``."""
+        self.frozen = False
+        return self
+
+
+# ---------------------------------------------------------------------------- fold / polyphase
+class PhaseConv(_GatheredConv):
+    """A conv computed on phase-split input and output: the module behind :func:`fold` and :func:`polyphase`.
+
+    ``forward(x)`` equals the original conv's ``forward(x)`` for every input
+    it accepts: pad (with the original padding mode), crop or zero-extend to
+    the needed length, ``space_to_depth(in_block)``, a padding-free conv with
+    stride ``s*out_block/in_block``, ``depth_to_space(out_block)``, crop.
+    """
+
+    def __init__(self, conv: nn.Module, in_block: Sequence[int], out_block: Sequence[int], order: str = "crd") -> None:
+        super().__init__()
+        conv = _as_conv(conv, "fold/polyphase")
+        self.spec = ConvSpec.from_module(conv)
+        n = self.spec.dims
+        self.in_block = check_block(in_block, n)
+        self.out_block = check_block(out_block, n)
+        self.order = order
+        w0 = conv.weight.detach()
+        _, _, self.inner = T.phase_conv_weight(w0, None, self.spec, self.in_block, self.out_block, order)
+        self._setup_params(
+            conv,
+            lambda w: T.phase_conv_weight(w, None, self.spec, self.in_block, self.out_block, order)[0],
+            (lambda b: T.phase_bias(b, self.out_block, order)) if math.prod(self.out_block) > 1 else None,
+        )
+
+    def _geometry(self, spatial: Sequence[int]) -> tuple[list[int], list[tuple[int, int]]]:
+        """Output size and the (lo, hi) zero padding (negative: crop) after mode padding."""
+        out = self.spec.output_size(spatial)
+        if any(o < 1 for o in out):
+            raise FoldError(
+                f"input of spatial size {tuple(spatial)} is too small for {self.spec} (output would be {out})"
+            )
+        extra = []
+        for L, (lo, hi), n_out, s2, Q, B, b in zip(spatial, self.spec.padding, out, self.inner.stride,
+                                                   self.inner.kernel, self.in_block, self.out_block):
+            blocks = -(-n_out // b)
+            needed = ((blocks - 1) * s2 + Q) * B
+            extra.append((0, needed - (L + lo + hi)))
+        return list(out), extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.spec.dims
+        if x.dim() != n + 2:
+            raise FoldError(f"expected input of rank {n + 2} (N, C, *spatial), got shape {tuple(x.shape)}")
+        out, extra = self._geometry(x.shape[2:])
+        pads = [(lo, hi + e) for (lo, hi), (_, e) in zip(self.spec.padding, extra)]
+        mode = self.spec.padding_mode
+        conv_pad: list[int] = [0] * n
+        if mode == "zeros":
+            if all(lo == hi and lo % B == 0 for (lo, hi), B in zip(pads, self.in_block)):
+                conv_pad = [lo // B for (lo, _), B in zip(pads, self.in_block)]
+            else:
+                x = F.pad(x, [v for lo, hi in reversed(pads) for v in (lo, hi)])
+        else:
+            if any(lo or hi for lo, hi in self.spec.padding):
+                x = F.pad(x, [v for lo, hi in reversed(self.spec.padding) for v in (lo, hi)],
+                          mode=mode)
+            if any(e for _, e in extra):
+                x = F.pad(x, [v for _, e in reversed(extra) for v in (0, e)])
+        x = space_to_depth(x, self.in_block, self.order)
+        y = _CONV_FN[n](x, self.transformed_weight(), self.transformed_bias(), self.inner.stride, conv_pad,
+                        1, self.spec.groups)
+        if math.prod(self.out_block) > 1:
+            y = depth_to_space(y, self.out_block, self.order)
+            y = y[(slice(None), slice(None), *[slice(0, o) for o in out])]
+        return y
+
+    def extra_repr(self) -> str:
+        return (f"original: {self.spec}\n  inner: {self.inner}\n  in_block={self.in_block}, "
+                f"out_block={self.out_block}, order={self.order!r}, frozen={self.frozen}")
+
+
+def fold(conv: nn.Module, block: int | Sequence[int], order: str = "crd") -> PhaseConv:
+    """The conv as pad → space_to_depth(block) → conv with stride ``stride/block`` → (nothing to crop).
+
+    Works for any conv whose stride is divisible by ``block`` in every dim:
+    any padding (amount, asymmetric ``"same"``, every padding mode), dilation,
+    groups, bias, and inputs whose size is not a multiple of the block.
+
+    >>> stem = torch.nn.Conv2d(3, 64, 7, stride=2, padding=3)
+    >>> folded = fold(stem, 2)                # MLPerf's TPU stem: 4×4/1 conv on 12 channels
+    >>> str(folded.inner)
+    'Conv2d 12→64 k4×4 s1×1 p0×0'
+    >>> x = torch.randn(1, 3, 33, 35)
+    >>> torch.allclose(folded(x), stem(x), atol=1e-5)
+    True
+    """
+    conv = _as_conv(conv, "fold")
+    spec = ConvSpec.from_module(conv)
+    b = check_block(block, spec.dims)
+    for i, (s, bi) in enumerate(zip(spec.stride, b)):
+        if s % bi:
+            raise FoldError(
+                f"stride {s} is not divisible by block {bi} in dim {i}; use pixelfold.polyphase "
+                f"(any stride) or a block that divides {s}"
+            )
+    return PhaseConv(conv, b, (1,) * spec.dims, order)
+
+
+def polyphase(conv: nn.Module, block: int | Sequence[int] = 1, order: str = "crd") -> PhaseConv:
+    """The conv as space_to_depth(stride·block) → stride-1 conv → depth_to_space(block), for any stride.
+
+    With stride 1 and ``block = r`` this is the exact, cheap form of "the
+    same rK×rK kernel at stride 1" from the seed question: the input and the
+    output are both cut into r×r phases and a stride-1 conv maps one to the other.
+
+    >>> big = torch.nn.Conv2d(1, 1, 48, bias=False)      # a 48×48 kernel at stride 1
+    >>> poly = polyphase(big, 16)
+    >>> str(poly.inner)
+    'Conv2d 256→256 k4×4 s1×1 p0×0'
+    >>> x = torch.randn(1, 1, 80, 80)
+    >>> torch.allclose(poly(x), big(x), atol=1e-4)
+    True
+    """
+    conv = _as_conv(conv, "polyphase")
+    spec = ConvSpec.from_module(conv)
+    b = check_block(block, spec.dims)
+    return PhaseConv(conv, tuple(s * bi for s, bi in zip(spec.stride, b)), b, order)
+
+
+# ---------------------------------------------------------------------------- transposed convs
+class SubpixelConvTranspose(_GatheredConv):
+    """A transposed conv computed as stride-1 conv(s) + depth_to_space(stride): see :func:`subpixel`."""
+
+    def __init__(self, convt: nn.Module, form: str = "shared", order: str = "crd") -> None:
+        super().__init__()
+        if not isinstance(convt, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+            raise FoldError(f"subpixel takes an nn.ConvTranspose1d/2d/3d, got {type(convt).__name__}")
+        if form not in ("shared", "phases"):
+            raise FoldError(f"form {form!r} is not 'shared' or 'phases'")
+        if form == "phases" and order != "crd":
+            raise FoldError("form='phases' interleaves its outputs itself; order applies only to form='shared'")
+        self.spec = ConvSpec.from_module(convt)
+        if self.spec.padding_mode != "zeros":
+            raise FoldError(f"transposed convs support only padding_mode='zeros', got {self.spec.padding_mode!r}")
+        self.form = form
+        self.order = order
+        w0 = convt.weight.detach()
+        _, _, self.inner = T.subpixel_weight(w0, None, self.spec, order)
+        if form == "shared":
+            self._setup_params(
+                convt,
+                lambda w: T.subpixel_weight(w, None, self.spec, order)[0],
+                lambda b: T.phase_bias(b, self.spec.stride, order),
+            )
+            self.phases: list[tuple[tuple[int, ...], tuple[tuple[int, int], ...]]] = []
+        else:
+            phases = T.subpixel_phase_weights(w0, self.spec)
+            self.phases = [(ph, pads) for ph, _, pads in phases]
+            live = [i for i, (_, w, _) in enumerate(phases) if w is not None]
+            self.live = live
+
+            def stack(w: torch.Tensor) -> torch.Tensor:
+                ws = T.subpixel_phase_weights(w, self.spec)
+                return torch.cat([ws[i][1].reshape(-1) for i in live])  # type: ignore[union-attr]
+
+            self.phase_shapes = [tuple(phases[i][1].shape) for i in live]  # type: ignore[union-attr]
+            self._setup_params(convt, stack, None)
+
+    @property
+    def macs_per_position(self) -> int:
+        """MACs per input position and batch item of this form (compare with the original's)."""
+        cg = self.spec.in_channels // self.spec.groups
+        if self.form == "shared":
+            return self.inner.out_channels * cg * math.prod(self.inner.kernel)
+        return sum(s[0] * s[1] * math.prod(s[2:]) for s in self.phase_shapes)
+
+    def forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
+        n = self.spec.dims
+        if output_size is not None:
+            raise FoldError("SubpixelConvTranspose does not take output_size; set output_padding on the layer")
+        if x.dim() != n + 2:
+            raise FoldError(f"expected input of rank {n + 2} (N, C, *spatial), got shape {tuple(x.shape)}")
+        out = self.spec.output_size(x.shape[2:])
+        s = self.spec.stride
+        if self.form == "shared":
+            pad = self.inner.symmetric_padding
+            if pad is None or any(p < 0 for p in pad):
+                x = F.pad(x, [v for lo, hi in reversed(self.inner.padding) for v in (lo, hi)])
+                pad = (0,) * n
+            y = _CONV_FN[n](x, self.transformed_weight(), self.transformed_bias(), 1, pad, 1, self.spec.groups)
+            y = depth_to_space(y, s, self.order)
+        else:
+            y = self._phases_forward(x)
+        return y[(slice(None), slice(None), *[slice(0, o) for o in out])]
+
+    def _phases_forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.spec.dims
+        flat = self.transformed_weight()
+        bias = self.bias if not self.frozen else self.frozen_bias
+        blocks = [L + g["extra"] for L, g in zip(x.shape[2:], T.subpixel_geometry(self.spec))]
+        outs: list[torch.Tensor] = []
+        offset = 0
+        shapes = iter(self.phase_shapes)
+        live = set(self.live)
+        for i, (_, pads) in enumerate(self.phases):
+            if i in live:
+                shape = next(shapes)
+                w = flat[offset: offset + math.prod(shape)].reshape(shape)
+                offset += math.prod(shape)
+                xi = F.pad(x, [v for lo, hi in reversed(pads) for v in (lo, hi)])
+                outs.append(_CONV_FN[n](xi, w, bias, 1, 0, 1, self.spec.groups))
+            else:
+                z = x.new_zeros(x.shape[0], self.spec.out_channels, *blocks)
+                outs.append(z if bias is None else z + bias.view(-1, *[1] * n))
+        y = torch.stack(outs, 2).flatten(1, 2)  # (N, O*R, *blocks), crd order
+        return depth_to_space(y, self.spec.stride, "crd")
+
+    def extra_repr(self) -> str:
+        inner = str(self.inner) if self.form == "shared" else f"{len(self.live)} phase convs {self.phase_shapes}"
+        return f"original: {self.spec}\n  form={self.form!r}: {inner}, order={self.order!r}, frozen={self.frozen}"
+
+    def to_transposed(self) -> nn.Module:
+        """The original ``nn.ConvTransposeNd`` (sharing this module's parameters)."""
+        m = self.spec.module_type()(**self.spec.module_kwargs(), device=self.weight.device, dtype=self.weight.dtype)
+        m.weight = self.weight
+        m.bias = self.bias
+        return m
+
+
+def subpixel(convt: nn.Module, form: str = "shared", order: str = "crd") -> SubpixelConvTranspose:
+    """A transposed conv as stride-1 conv(s) + depth_to_space(stride), exactly.
+
+    ``form="shared"``: one conv with ``out_channels * prod(stride)`` outputs
+    over a window shared by all phases (exports as Conv + DepthToSpace; may
+    hold zero taps). ``form="phases"``: one conv per output phase with its
+    own window, then interleave (the same MACs as the transposed conv).
+
+    >>> up = torch.nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1)
+    >>> sp = subpixel(up)
+    >>> str(sp.inner)                       # 3×3 per phase: 2.25× the MACs of 2×2
+    'Conv2d 8→16 k3×3 s1×1 p1×1'
+    >>> x = torch.randn(1, 8, 5, 6)
+    >>> torch.allclose(sp(x), up(x), atol=1e-5), torch.allclose(subpixel(up, "phases")(x), up(x), atol=1e-5)
+    (True, True)
+    """
+    return SubpixelConvTranspose(convt, form, order)
+
+
+def transposed(module: nn.Module) -> nn.Module:
+    """The ``nn.ConvTransposeNd`` equal to a conv followed by depth-to-space.
+
+    Accepts a :class:`SubpixelConvTranspose` (returns its original layer) or
+    ``nn.Sequential(conv, nn.PixelShuffle(r) | DepthToSpace(r, order))`` with a
+    stride-1, undilated conv with equal zero padding on both sides.
+
+    >>> seq = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1, bias=False), torch.nn.PixelShuffle(2))
+    >>> t = transposed(seq)
+    >>> t
+    ConvTranspose2d(8, 4, kernel_size=(6, 6), stride=(2, 2), padding=(2, 2), bias=False)
+    >>> x = torch.randn(1, 8, 5, 5)
+    >>> torch.allclose(t(x), seq(x), atol=1e-5)
+    True
+    """
+    if isinstance(module, SubpixelConvTranspose):
+        return copy.deepcopy(module.to_transposed())
+    parts = list(module.children()) if isinstance(module, nn.Sequential) else []
+    if len(parts) != 2 or not isinstance(parts[1], (nn.PixelShuffle, DepthToSpace)):
+        raise FoldError(
+            f"transposed takes a SubpixelConvTranspose or nn.Sequential(conv, PixelShuffle|DepthToSpace), "
+            f"got {type(module).__name__}"
+        )
+    conv = _as_conv(parts[0], "transposed")
+    shuffle = parts[1]
+    if isinstance(shuffle, nn.PixelShuffle):
+        if conv.weight.dim() != 4:
+            raise FoldError("nn.PixelShuffle is 2-D; use pixelfold.DepthToSpace for 1-D/3-D")
+        block: int | Sequence[int] = shuffle.upscale_factor
+        order = "crd"
+    else:
+        block, order = shuffle.block, shuffle.order
+    spec = ConvSpec.from_module(conv)
+    w, b, new = T.transposed_weight(conv.weight.detach(), None if conv.bias is None else conv.bias.detach(),
+                                    spec, block, order)
+    return build_module(new, w, b, like=conv)
+
+
+# ---------------------------------------------------------------------------- seed equivalence
+def to_space(conv: nn.Module, block: int | Sequence[int], order: str = "crd") -> nn.Module:
+    """The conv that acts on ``depth_to_space(x, block, order)`` and returns ``conv(x)``.
+
+    Kernel ``rK``, stride ``rS``, padding ``rP`` (dilation written out), channels
+    ``C/r²`` — the seed question, answered: a 3×3 conv on 256×H×W *is* a
+    48×48 conv with stride 16 on 1×16H×16W.
+
+    >>> conv = torch.nn.Conv2d(256, 1, 3, padding=1)
+    >>> big = to_space(conv, 16)
+    >>> big
+    Conv2d(1, 1, kernel_size=(48, 48), stride=(16, 16), padding=(16, 16))
+    >>> x = torch.randn(1, 256, 8, 8)
+    >>> import pixelfold
+    >>> torch.allclose(big(pixelfold.depth_to_space(x, 16)), conv(x), atol=1e-4)
+    True
+    """
+    conv = _as_conv(conv, "to_space")
+    spec = ConvSpec.from_module(conv)
+    w, new = T.to_space_weight(conv.weight.detach(), spec, block, order)
+    return build_module(new, w, None if conv.bias is None else conv.bias.detach(), like=conv)
+
+
+def to_depth(conv: nn.Module, block: int | Sequence[int], order: str = "crd") -> nn.Module:
+    """The conv that acts on ``space_to_depth(x, block, order)`` and returns ``conv(x)``.
+
+    Needs stride and padding divisible by the block (use :func:`fold`
+    otherwise); the kernel is zero-padded up to a multiple of the block.
+
+    >>> conv = torch.nn.Conv2d(1, 1, 48, stride=16, padding=16)
+    >>> to_depth(conv, 16)
+    Conv2d(256, 1, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
+    """
+    conv = _as_conv(conv, "to_depth")
+    spec = ConvSpec.from_module(conv)
+    w, new = T.to_depth_weight(conv.weight.detach(), spec, block, order)
+    return build_module(new, w, None if conv.bias is None else conv.bias.detach(), like=conv)
+
+
+def merge(module: nn.Module, conv: nn.Module | None = None) -> nn.Module:
+    """One conv on the original input, from a space-to-depth step followed by a conv.
+
+    ``module`` is ``nn.Sequential(step, conv)``, a YOLOv5-style ``Focus``
+    (slice-and-concatenate then ``.conv``), or the step itself with ``conv``
+    given separately. The step is a :class:`SpaceToDepth` (any order),
+    :class:`FocusSlice` or ``nn.PixelUnshuffle``. A ``Focus`` whose ``.conv``
+    wraps the conv (YOLOv5's ``Conv``: conv + bn + act) comes back as that
+    wrapper with its inner conv merged.
+
+    >>> focus = torch.nn.Sequential(FocusSlice(), torch.nn.Conv2d(12, 32, 3, padding=1))
+    >>> merge(focus)                         # what YOLOv5 replaced Focus with
+    Conv2d(3, 32, kernel_size=(6, 6), stride=(2, 2), padding=(2, 2))
+    """
+    if conv is not None:
+        step = module
+    elif isinstance(module, nn.Sequential) and len(module) == 2:
+        step, conv = module[0], module[1]
+    elif type(module).__name__ == "Focus" and hasattr(module, "conv"):
+        inner = module.conv
+        if isinstance(inner, nn.modules.conv._ConvNd):
+            return merge(FocusSlice(), inner)
+        if hasattr(inner, "conv"):
+            wrapper = copy.deepcopy(inner)
+            wrapper.conv = merge(FocusSlice(), inner.conv)
+            return wrapper
+        raise FoldError("Focus.conv is neither a conv nor a wrapper with a .conv attribute")
+    else:
+        raise FoldError(
+            f"merge takes nn.Sequential(space_to_depth step, conv), a Focus module, or (step, conv); "
+            f"got {type(module).__name__}"
+        )
+    if isinstance(step, nn.PixelUnshuffle):
+        block: int | Sequence[int] = step.downscale_factor
+        order = "crd"
+    elif isinstance(step, SpaceToDepth):
+        block, order = step.block, step.order
+    else:
+        raise FoldError(
+            f"the step before the conv must be SpaceToDepth, FocusSlice or nn.PixelUnshuffle, "
+            f"got {type(step).__name__}"
+        )
+    return to_space(conv, block, order)
+
+
+# ---------------------------------------------------------------------------- init
+@torch.no_grad()
+def icnr_(
+    weight: torch.Tensor,
+    block: int | Sequence[int],
+    order: str = "crd",
+    init: Callable[[torch.Tensor], torch.Tensor] = nn.init.kaiming_normal_,
+) -> torch.Tensor:
+    """ICNR init (Aitken et al. 2017) of a conv weight that feeds ``depth_to_space(block, order)``.
+
+    Each output channel's ``prod(block)`` sub-kernels start identical, so the
+    sub-pixel conv starts as nearest-neighbour upsampling of a conv: no
+    checkerboard. The grouping follows ``order`` (``repeat_interleave`` for
+    ``crd``, which ``nn.PixelShuffle`` uses; ``repeat`` for ``dcr``).
+
+    >>> conv = torch.nn.Conv2d(8, 3 * 4, 3, padding=1)
+    >>> _ = icnr_(conv.weight, 2)
+    >>> torch.equal(conv.weight[0], conv.weight[3]), torch.equal(conv.weight[0], conv.weight[4])
+    (True, False)
+    """
+    n = weight.dim() - 2
+    b = check_block(block, n)
+    R = math.prod(b)
+    if weight.shape[0] % R:
+        raise FoldError(f"weight has {weight.shape[0]} output channels, not divisible by prod(block) = {R}")
+    sub = torch.empty(weight.shape[0] // R, *weight.shape[1:], dtype=weight.dtype, device=weight.device)
+    init(sub)
+    full = sub.repeat_interleave(R, 0)  # crd grouping
+    if order != "crd":
+        full = full.index_select(0, phase_permutation(weight.shape[0] // R, b, order).to(full.device))
+    weight.copy_(full)
+    return weight

@@ -1,0 +1,500 @@
+"""Pure weight maps between the exact forms of a convolution.
+
+Every function here takes tensors and a :class:`~pixelfold.spec.ConvSpec` and
+returns tensors and a spec; nothing is an ``nn.Module`` and nothing is
+mutated. All maps are gathers (``index_select``), so gradients flow through
+them: the modules in :mod:`pixelfold.layers` call them in ``forward`` to keep
+training on the original weight.
+
+Notation, one spatial dim (the maps act on every dim in turn, which makes the
+phase index row-major): a conv reads ``x[t*s - lo + e]`` with tap ``e`` of
+the *dense* kernel of span ``E = d*(k-1)+1`` (dilation written out with zero
+taps). Cutting the input into blocks of ``B`` (phase ``u``) and the output into
+blocks of ``b`` (phase ``j``) gives a conv with stride ``s*b/B`` whose weight is
+
+    W'[o*b + j, c*B + u, q] = W_dense[o, c, q*B + u - j*s]      (0 outside [0, E))
+
+:func:`phase_weight` builds exactly this; ``to_depth`` is ``b = 1``, ``fold``
+too (with explicit padding), ``polyphase`` is ``B = s*b`` (stride 1).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from .errors import FoldError
+from .rearrange import check_block, phase_permutation
+from .spec import ConvSpec
+
+__all__ = [
+    "dense_kernel",
+    "phase_weight",
+    "phase_bias",
+    "space_weight",
+    "to_space_weight",
+    "to_depth_weight",
+    "phase_conv_weight",
+    "subpixel_geometry",
+    "subpixel_weight",
+    "subpixel_phase_weights",
+    "transposed_weight",
+    "conv_layout",
+]
+
+
+# ---------------------------------------------------------------------------- helpers
+def _gather_axis(w: torch.Tensor, axis: int, index: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``w`` gathered along ``axis`` at ``index`` (any shape), zero where not ``valid``."""
+    size = w.shape[axis]
+    zero_shape = list(w.shape)
+    zero_shape[axis] = 1
+    padded = torch.cat([w, w.new_zeros(zero_shape)], axis)
+    idx = torch.where(valid, index, torch.full_like(index, size)).reshape(-1).to(w.device)
+    out = padded.index_select(axis, idx)
+    return out.reshape(*w.shape[:axis], *index.shape, *w.shape[axis + 1 :])
+
+
+def dense_kernel(weight: torch.Tensor, dilation: Sequence[int]) -> torch.Tensor:
+    """Write a dilated kernel out densely: taps at multiples of ``dilation``, zeros between.
+
+    >>> w = torch.tensor([[[1., 2., 3.]]])
+    >>> dense_kernel(w, (2,)).tolist()
+    [[[1.0, 0.0, 2.0, 0.0, 3.0]]]
+    """
+    for i, d in enumerate(dilation):
+        if d == 1:
+            continue
+        axis = 2 + i
+        k = weight.shape[axis]
+        e = torch.arange(d * (k - 1) + 1)
+        weight = _gather_axis(weight, axis, e // d, e % d == 0)
+    return weight
+
+
+def phase_weight(
+    weight: torch.Tensor,
+    stride: Sequence[int],
+    in_block: Sequence[int],
+    out_block: Sequence[int],
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Weight of the same conv acting on phase-split input and producing phase-split output.
+
+    ``weight`` is a dense (dilation 1) conv weight ``(O, C/g, *E)``. The result
+    has shape ``(O*prod(out_block), C/g*prod(in_block), *Q)`` with
+    ``Q = ceil((E + (b-1)*s) / B)`` per dim, in ``crd`` channel order, and the
+    new stride ``s*b/B`` (which must be an integer).
+
+    >>> w = torch.arange(1., 4.).reshape(1, 1, 3)          # taps 1 2 3, stride 2
+    >>> w2, s2 = phase_weight(w, (2,), (2,), (1,))          # to_depth with block 2
+    >>> w2.tolist(), s2
+    ([[[1.0, 3.0], [2.0, 0.0]]], (1,))
+    """
+    new_stride = []
+    for i, (s, B, b) in enumerate(zip(stride, in_block, out_block)):
+        if (s * b) % B:
+            raise FoldError(
+                f"stride {s} times output block {b} is not divisible by input block {B} in dim {i}; "
+                f"choose an input block that divides {s * b}"
+            )
+        new_stride.append(s * b // B)
+        axis = 2 + i
+        E = weight.shape[axis]
+        Q = -(-(E + (b - 1) * s) // B)
+        j = torch.arange(b).view(b, 1, 1)
+        u = torch.arange(B).view(1, B, 1)
+        q = torch.arange(Q).view(1, 1, Q)
+        e = q * B + u - j * s
+        g = _gather_axis(weight, axis, e, (e >= 0) & (e < E))  # (O, C, ..., b, B, Q, ...)
+        g = g.movedim(axis, 1).movedim(axis + 1, 3)  # (O, b, C, B, ..., Q, ...)
+        weight = g.reshape(g.shape[0] * b, g.shape[2] * B, *g.shape[4:])
+    return weight, tuple(new_stride)
+
+
+def space_weight(weight: torch.Tensor, block: Sequence[int]) -> torch.Tensor:
+    """Inverse direction: a dense weight over ``crd``-folded channels -> a kernel on the unfolded map.
+
+    ``(O, C*R, *E) -> (O, C, *(E*b))`` with ``W'[o, c, e*b + u] = W[o, c*b + u, e]``.
+
+    >>> w = torch.tensor([[[1.], [2.]]])        # 2 phases, kernel 1
+    >>> space_weight(w, (2,)).tolist()
+    [[[1.0, 2.0]]]
+    """
+    n = len(block)
+    for i in reversed(range(n)):  # the last dim's phase varies fastest in the channel index
+        b = block[i]
+        O, CR, *K = weight.shape
+        w = weight.reshape(O, CR // b, b, *K)  # (O, C', b, *K)
+        axis = 3 + i  # spatial axis i in the split tensor
+        w = w.movedim(2, axis)  # (O, C', ..., E_i, b, ...)
+        weight = w.reshape(O, CR // b, *K[:i], K[i] * b, *K[i + 1 :])
+    return weight
+
+
+def _permute_in(weight: torch.Tensor, block: Sequence[int], order: str, groups: int, inverse: bool) -> torch.Tensor:
+    """Reorder the input-channel axis between ``crd`` and ``order``."""
+    if order == "crd":
+        return weight
+    if groups != 1:
+        raise FoldError(
+            f"order={order!r} interleaves channels of different groups (groups={groups}); "
+            "use order='crd', which keeps each group's channels together"
+        )
+    R = math.prod(block)
+    perm = phase_permutation(weight.shape[1] // R, block, order)
+    if inverse:  # weight is in crd order; return it in `order`
+        return weight.index_select(1, perm.to(weight.device))
+    return weight.index_select(1, torch.argsort(perm).to(weight.device))
+
+
+def _permute_out(t: torch.Tensor, block: Sequence[int], order: str) -> torch.Tensor:
+    """Reorder axis 0 (output channels, crd order) into ``order`` for a following depth_to_space."""
+    if order == "crd":
+        return t
+    R = math.prod(block)
+    perm = phase_permutation(t.shape[0] // R, block, order)
+    return t.index_select(0, perm.to(t.device))
+
+
+def phase_bias(bias: torch.Tensor, block: Sequence[int], order: str = "crd") -> torch.Tensor:
+    """A per-channel bias repeated for each of the ``prod(block)`` output phases, in ``order``.
+
+    >>> phase_bias(torch.tensor([1., 2.]), (2,)).tolist()
+    [1.0, 1.0, 2.0, 2.0]
+    >>> phase_bias(torch.tensor([1., 2.]), (2,), "dcr").tolist()
+    [1.0, 2.0, 1.0, 2.0]
+    """
+    return _permute_out(bias.repeat_interleave(math.prod(block)), block, order)
+
+
+def _unsupported_mode(spec: ConvSpec, what: str, allowed: tuple[str, ...]) -> None:
+    if spec.padding_mode not in allowed:
+        raise FoldError(
+            f"padding_mode={spec.padding_mode!r} pads with single pixels, not whole blocks, so {what} "
+            f"cannot move it exactly (supported: {', '.join(allowed)}); use pixelfold.fold, which pads "
+            "explicitly before rearranging"
+        )
+
+
+# ---------------------------------------------------------------------------- seed equivalence
+def to_space_weight(
+    weight: torch.Tensor, spec: ConvSpec, block: int | Sequence[int], order: str = "crd"
+) -> tuple[torch.Tensor, ConvSpec]:
+    """Weight and spec of the conv that acts on ``depth_to_space(x, block, order)``.
+
+    The result computes ``conv(x)`` exactly: kernel ``(d*(k-1)+1)*b``,
+    stride ``s*b``, padding ``p*b``, dilation 1, channels ``C/prod(block)``.
+
+    >>> spec = ConvSpec.make(256, 1, 3, padding=1)
+    >>> w, s = to_space_weight(torch.randn(1, 256, 3, 3), spec, 16)
+    >>> tuple(w.shape), str(s)
+    ((1, 1, 48, 48), 'Conv2d 1→1 k48×48 s16×16 p16×16')
+    """
+    if spec.transposed:
+        raise FoldError("to_space takes a convolution, not a transposed convolution; see pixelfold.subpixel")
+    b = check_block(block, spec.dims)
+    R = math.prod(b)
+    _unsupported_mode(spec, "to_space", ("zeros", "circular"))
+    per_group = spec.in_channels // spec.groups
+    if per_group % R:
+        raise FoldError(
+            f"each group has {per_group} input channels (in_channels {spec.in_channels}, groups {spec.groups}), "
+            f"which is not divisible by prod(block) = {R}; use a block whose product divides {per_group}"
+        )
+    w = _permute_in(weight, b, order, spec.groups, inverse=False)
+    w = space_weight(dense_kernel(w, spec.dilation), b)
+    new = spec.replace(
+        in_channels=spec.in_channels // R,
+        kernel=tuple(w.shape[2:]),
+        stride=tuple(s * bi for s, bi in zip(spec.stride, b)),
+        padding=tuple((lo * bi, hi * bi) for (lo, hi), bi in zip(spec.padding, b)),
+        dilation=(1,) * spec.dims,
+    )
+    return w, new
+
+
+def to_depth_weight(
+    weight: torch.Tensor, spec: ConvSpec, block: int | Sequence[int], order: str = "crd"
+) -> tuple[torch.Tensor, ConvSpec]:
+    """Weight and spec of the conv that acts on ``space_to_depth(x, block, order)``.
+
+    Needs stride and padding divisible by the block in every dim; the kernel
+    is written out densely and zero-padded up to a multiple of the block.
+
+    >>> spec = ConvSpec.make(3, 64, 8, stride=2, padding=2)
+    >>> w, s = to_depth_weight(torch.randn(64, 3, 8, 8), spec, 2)
+    >>> tuple(w.shape), str(s)
+    ((64, 12, 4, 4), 'Conv2d 12→64 k4×4 s1×1 p1×1')
+    """
+    if spec.transposed:
+        raise FoldError("to_depth takes a convolution, not a transposed convolution; see pixelfold.subpixel")
+    b = check_block(block, spec.dims)
+    R = math.prod(b)
+    _unsupported_mode(spec, "to_depth", ("zeros", "circular"))
+    for i, (s, (lo, hi), bi) in enumerate(zip(spec.stride, spec.padding, b)):
+        if s % bi:
+            raise FoldError(
+                f"stride {s} is not divisible by block {bi} in dim {i}; use pixelfold.polyphase "
+                f"(any stride) or a block that divides {s}"
+            )
+        if lo % bi or hi % bi:
+            raise FoldError(
+                f"padding ({lo}, {hi}) is not divisible by block {bi} in dim {i}; use pixelfold.fold, "
+                "which pads explicitly before rearranging"
+            )
+    w, stride = phase_weight(dense_kernel(weight, spec.dilation), spec.stride, b, (1,) * spec.dims)
+    w = _permute_in(w, b, order, spec.groups, inverse=True)
+    new = spec.replace(
+        in_channels=spec.in_channels * R,
+        kernel=tuple(w.shape[2:]),
+        stride=stride,
+        padding=tuple((lo // bi, hi // bi) for (lo, hi), bi in zip(spec.padding, b)),
+        dilation=(1,) * spec.dims,
+    )
+    return w, new
+
+
+# ---------------------------------------------------------------------------- fold / polyphase
+def phase_conv_weight(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: ConvSpec,
+    in_block: Sequence[int],
+    out_block: Sequence[int],
+    order: str = "crd",
+) -> tuple[torch.Tensor, torch.Tensor | None, ConvSpec]:
+    """The inner conv of ``fold``/``polyphase``: padding-free, on phase-split input and output.
+
+    The caller pads the input (with the original padding mode), crops or
+    zero-extends it to the length the inner conv needs, applies
+    ``space_to_depth(in_block)``, this conv, then ``depth_to_space(out_block)``.
+    The returned spec has padding 0.
+
+    >>> spec = ConvSpec.make(1, 1, 48, stride=1)
+    >>> w, b, s = phase_conv_weight(torch.randn(1, 1, 48, 48), None, spec, (16, 16), (16, 16))
+    >>> str(s)
+    'Conv2d 256→256 k4×4 s1×1 p0×0'
+    """
+    if spec.transposed:
+        raise FoldError("fold and polyphase take a convolution, not a transposed one; see pixelfold.subpixel")
+    w, stride = phase_weight(dense_kernel(weight, spec.dilation), spec.stride, in_block, out_block)
+    w = _permute_in(w, in_block, order, spec.groups, inverse=True)
+    R_out = math.prod(out_block)
+    if R_out > 1:
+        w = _permute_out(w, out_block, order)
+    if bias is not None and R_out > 1:
+        bias = phase_bias(bias, out_block, order)
+    new = spec.replace(
+        in_channels=spec.in_channels * math.prod(in_block),
+        out_channels=spec.out_channels * R_out,
+        kernel=tuple(w.shape[2:]),
+        stride=stride,
+        padding=((0, 0),) * spec.dims,
+        dilation=(1,) * spec.dims,
+        padding_mode="zeros",
+    )
+    return w, bias, new
+
+
+# ---------------------------------------------------------------------------- transposed convs
+def conv_layout(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A transposed conv's weight ``(C_in, O/g, *K)`` in conv layout ``(O, C_in/g, *K)``."""
+    C_in, O_g, *K = weight.shape
+    return weight.reshape(groups, C_in // groups, O_g, *K).transpose(1, 2).reshape(groups * O_g, C_in // groups, *K)
+
+
+def subpixel_geometry(spec: ConvSpec) -> list[dict[str, object]]:
+    """Per dim, where each output phase of a transposed conv reads its input.
+
+    Output position ``t = T*s + j`` of ``ConvTranspose(k, s, p, d)`` equals
+    ``sum_q x[T + a_j - q] * W_dense[r_j + q*s]`` for ``q < Q_j`` with
+    ``a_j, r_j = divmod(j + p, s)`` and ``Q_j = ceil((E - r_j) / s)``.
+    Returns, per dim, ``s``, ``E``, the per-phase ``a``, ``r``, ``Q``, the
+    shared window ``lo..hi`` (input offsets relative to ``T``) and ``extra``:
+    how many more output blocks than input positions are needed
+    (``ceil(L_out / s) = L + extra`` for every input length ``L``).
+    """
+    geo = []
+    for s, k, d, (p, _), op in zip(spec.stride, spec.kernel, spec.dilation, spec.padding, spec.output_padding):
+        E = d * (k - 1) + 1
+        a = [(j + p) // s for j in range(s)]
+        r = [(j + p) % s for j in range(s)]
+        Q = [max(0, -(-(E - rj) // s)) for rj in r]
+        live = [j for j in range(s) if Q[j] > 0]
+        lo = min(a[j] - Q[j] + 1 for j in live)
+        hi = max(a[j] for j in live)
+        extra = -(-(E + op - 2 * p) // s) - 1
+        geo.append(dict(s=s, E=E, a=a, r=r, Q=Q, lo=lo, hi=hi, extra=extra))
+    return geo
+
+
+def subpixel_weight(
+    weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, order: str = "crd"
+) -> tuple[torch.Tensor, torch.Tensor | None, ConvSpec]:
+    """Shared-window sub-pixel form of a transposed conv: one stride-1 conv + depth_to_space(stride).
+
+    The conv spec may carry asymmetric (even negative: a crop) padding; after
+    ``depth_to_space`` the caller crops to the transposed conv's output size.
+    Phases whose taps need different input offsets share one window, so the
+    kernel can hold zero taps (3×3 per phase for k=4, s=2, p=1).
+
+    >>> t = torch.nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1)
+    >>> w, b, s = subpixel_weight(t.weight, t.bias, ConvSpec.from_module(t))
+    >>> tuple(w.shape), str(s)
+    ((16, 8, 3, 3), 'Conv2d 8→16 k3×3 s1×1 p1×1')
+    """
+    if not spec.transposed:
+        raise FoldError("subpixel takes a transposed convolution (nn.ConvTransposeNd)")
+    geo = subpixel_geometry(spec)
+    w = dense_kernel(conv_layout(weight, spec.groups), spec.dilation)
+    padding = []
+    for i, g in enumerate(geo):
+        s, E, lo, hi = g["s"], g["E"], g["lo"], g["hi"]
+        a = torch.tensor(g["a"]).view(s, 1, 1)
+        r = torch.tensor(g["r"]).view(s, 1, 1)
+        k = torch.arange(hi - lo + 1).view(1, 1, -1)  # type: ignore[operator]
+        e = r + (a - lo - k) * s
+        valid = (e >= 0) & (e < E) & (a - lo - k >= 0)
+        axis = 2 + i
+        gth = _gather_axis(w, axis, e, valid)  # (O, C, ..., s, 1, K, ...)
+        gth = gth.movedim(axis, 1).squeeze(axis + 1)  # (O, s, C, ..., K, ...)
+        w = gth.reshape(gth.shape[0] * s, *gth.shape[2:])
+        padding.append((-lo, max(0, g["extra"] + hi)))  # type: ignore[operator]
+    R = math.prod(spec.stride)
+    w = _permute_out(w, spec.stride, order)
+    if bias is not None:
+        bias = phase_bias(bias, spec.stride, order)
+    new = ConvSpec(
+        in_channels=spec.in_channels,
+        out_channels=spec.out_channels * R,
+        kernel=tuple(w.shape[2:]),
+        stride=(1,) * spec.dims,
+        padding=tuple(padding),
+        dilation=(1,) * spec.dims,
+        groups=spec.groups,
+        bias=spec.bias,
+    )
+    return w, bias, new
+
+
+def subpixel_phase_weights(
+    weight: torch.Tensor, spec: ConvSpec
+) -> list[tuple[tuple[int, ...], torch.Tensor | None, tuple[tuple[int, int], ...]]]:
+    """Exact-MAC sub-pixel form: one conv per output phase, each with its own window.
+
+    Returns, for each phase (row-major), ``(phase, weight, padding)``:
+    ``weight`` is ``None`` where the phase has no tap (its output is the bias
+    alone); ``padding`` is per dim ``(lo, hi)`` (negative: crop), chosen so
+    every phase conv yields the same number of output blocks.
+
+    >>> t = torch.nn.ConvTranspose1d(1, 1, 4, stride=2, padding=1, bias=False)
+    >>> [(ph, tuple(w.shape), pad) for ph, w, pad in subpixel_phase_weights(t.weight, ConvSpec.from_module(t))]
+    [((0,), (1, 1, 2), ((1, 0),)), ((1,), (1, 1, 2), ((0, 1),))]
+    """
+    if not spec.transposed:
+        raise FoldError("subpixel takes a transposed convolution (nn.ConvTransposeNd)")
+    geo = subpixel_geometry(spec)
+    dense = dense_kernel(conv_layout(weight, spec.groups), spec.dilation)
+    out = []
+    for phase in _row_major(spec.stride):
+        w: torch.Tensor | None = dense
+        pads = []
+        for i, j in enumerate(phase):
+            g = geo[i]
+            Q, a, r = g["Q"][j], g["a"][j], g["r"][j]  # type: ignore[index]
+            pads.append((Q - 1 - a, g["extra"] + a))  # type: ignore[operator]
+            if Q == 0:
+                w = None
+            elif w is not None:
+                w = w.narrow(2 + i, r, w.shape[2 + i] - r)[(slice(None),) * (2 + i) + (slice(None, None, g["s"]),)]
+        if w is not None:
+            w = w.flip(list(range(2, 2 + spec.dims)))
+        out.append((phase, w, tuple(pads)))
+    return out
+
+
+def _row_major(sizes: Sequence[int]) -> list[tuple[int, ...]]:
+    out: list[tuple[int, ...]] = [()]
+    for s in sizes:
+        out = [p + (j,) for p in out for j in range(s)]
+    return out
+
+
+def transposed_weight(
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spec: ConvSpec,
+    block: int | Sequence[int],
+    order: str = "crd",
+) -> tuple[torch.Tensor, torch.Tensor | None, ConvSpec]:
+    """The transposed conv equal to ``depth_to_space(conv(x), block, order)``.
+
+    ``conv`` must have stride 1, dilation 1, zero padding equal on both sides
+    with ``p <= k - 1`` per dim, and a bias (if any) equal across each
+    channel's ``prod(block)`` phases. The result has kernel ``k*b``, stride
+    ``b`` and padding ``(k-1-p)*b``.
+
+    >>> spec = ConvSpec.make(8, 16, 3, padding=1)
+    >>> w, b, s = transposed_weight(torch.randn(16, 8, 3, 3), None, spec, 2)
+    >>> tuple(w.shape), str(s)
+    ((8, 4, 6, 6), 'ConvTranspose2d 8→4 k6×6 s2×2 p2×2')
+    """
+    if spec.transposed:
+        raise FoldError("transposed takes a (stride-1) convolution followed by depth_to_space")
+    blk = check_block(block, spec.dims)
+    R = math.prod(blk)
+    if spec.out_channels % (R * spec.groups):
+        raise FoldError(
+            f"out_channels {spec.out_channels} is not divisible by prod(block) * groups = {R * spec.groups}"
+        )
+    if any(s != 1 for s in spec.stride) or any(d != 1 for d in spec.dilation):
+        raise FoldError(
+            f"transposed needs a conv with stride 1 and dilation 1, got stride {spec.stride}, "
+            f"dilation {spec.dilation}"
+        )
+    if spec.padding_mode != "zeros":
+        raise FoldError(f"transposed needs padding_mode='zeros', got {spec.padding_mode!r}")
+    for i, ((lo, hi), k) in enumerate(zip(spec.padding, spec.kernel)):
+        if lo != hi or lo > k - 1:
+            raise FoldError(
+                f"padding ({lo}, {hi}) in dim {i} cannot become a transposed conv's padding: it must be equal "
+                f"on both sides and at most kernel-1 = {k - 1}"
+            )
+    O = spec.out_channels // R
+    # weight in crd order: (O*R, C/g, *K) -> (O, R..., C/g, *K)
+    w = weight.index_select(0, torch.argsort(phase_permutation(O, blk, order)).to(weight.device))
+    if bias is not None:
+        b_crd = bias.index_select(0, torch.argsort(phase_permutation(O, blk, order)).to(bias.device)).view(O, R)
+        if not torch.equal(b_crd, b_crd[:, :1].expand(O, R)):
+            raise FoldError(
+                "the conv's bias differs between the phases of one output channel, which no transposed conv "
+                "can express (its bias is one value per channel)"
+            )
+        bias = b_crd[:, 0].clone()
+    # Inverse of subpixel_weight with p_t = (k-1-p)*b: W_dense[r + (k-1-kk)*b] = V[phase r][kk].
+    K = spec.kernel
+    w = w.reshape(O, *blk, w.shape[1], *K)  # (O, b_1..b_n, C/g, K_1..K_n)
+    n = spec.dims
+    w = w.flip([2 + n + i for i in range(n)])  # kk -> k-1-kk
+    # interleave: position q*b + r  <- axes (K_i, b_i)
+    perm = [0, 1 + n] + [d for i in range(n) for d in (2 + n + i, 1 + i)]
+    w = w.permute(perm).reshape(O, w.shape[1 + n], *[k * b for k, b in zip(K, blk)])
+    # conv layout (O, C/g, ...) -> transposed layout (C_in, O/g, ...)
+    g = spec.groups
+    Cg = w.shape[1]
+    w = w.reshape(g, O // g, Cg, *w.shape[2:]).transpose(1, 2).reshape(g * Cg, O // g, *w.shape[2:])
+    new = ConvSpec(
+        in_channels=spec.in_channels,
+        out_channels=O,
+        kernel=tuple(k * b for k, b in zip(K, blk)),
+        stride=blk,
+        padding=tuple(((k - 1 - lo) * b, (k - 1 - lo) * b) for k, (lo, _), b in zip(K, spec.padding, blk)),
+        dilation=(1,) * n,
+        groups=g,
+        bias=bias is not None,
+        transposed=True,
+        output_padding=(0,) * n,
+    )
+    return w, bias, new

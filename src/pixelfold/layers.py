@@ -429,12 +429,16 @@ def subpixel(convt: nn.Module, form: str = "shared", order: str = "crd") -> Subp
     return SubpixelConvTranspose(convt, form, order)
 
 
-def transposed(module: nn.Module) -> nn.Module:
+def transposed(module: nn.Module, trim: bool = True) -> nn.Module:
     """The ``nn.ConvTransposeNd`` equal to a conv followed by depth-to-space.
 
     Accepts a :class:`SubpixelConvTranspose` (returns its original layer) or
     ``nn.Sequential(conv, nn.PixelShuffle(r) | DepthToSpace(r, order))`` with a
-    stride-1, undilated conv with equal zero padding on both sides.
+    stride-1, undilated conv with equal zero padding on both sides. The
+    result has kernel ``k*r``, stride ``r`` and padding ``(k-1-p)*r``; with
+    ``trim`` (default), all-zero taps at both ends of the kernel are dropped
+    with the same amount of padding (exact; a conv + shuffle that came from a
+    ``ConvTranspose(4, 2, 1)`` comes back as one).
 
     >>> seq = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1, bias=False), torch.nn.PixelShuffle(2))
     >>> t = transposed(seq)
@@ -464,6 +468,8 @@ def transposed(module: nn.Module) -> nn.Module:
     spec = ConvSpec.from_module(conv)
     w, b, new = T.transposed_weight(conv.weight.detach(), None if conv.bias is None else conv.bias.detach(),
                                     spec, block, order)
+    if trim:
+        w, new = T.trim_zero_taps(w, new)
     return build_module(new, w, b, like=conv)
 
 

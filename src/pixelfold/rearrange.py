@@ -133,7 +133,7 @@ def space_to_depth(x: torch.Tensor, block: int | Sequence[int], order: str = "cr
         v = x.movedim(1, -1).reshape(N, *[d for o, bi in zip(outer, b) for d in (o, bi)], C)
         pos = {"c": 2 * n + 1, **{str(i): 2 + 2 * i for i in range(n)}}
         perm = [0, *[1 + 2 * i for i in range(n)], *[pos[a] for a in axes]]
-        return v.permute(perm).reshape(N, *outer, C * R).movedim(-1, 1)
+        return v.permute(perm).contiguous().view(N, *outer, C * R).movedim(-1, 1)
     v = x.reshape(N, C, *[d for o, bi in zip(outer, b) for d in (o, bi)])
     pos = {"c": 1, **{str(i): 3 + 2 * i for i in range(n)}}
     perm = [0, *[pos[a] for a in axes], *[2 + 2 * i for i in range(n)]]
@@ -173,7 +173,7 @@ def depth_to_space(x: torch.Tensor, block: int | Sequence[int], order: str = "cr
         v = x.movedim(1, -1).reshape(N, *spatial, *[sizes[a] for a in axes])
         at = {a: 1 + n + k for k, a in enumerate(axes)}
         perm = [0, *[d for i in range(n) for d in (1 + i, at[str(i)])], at["c"]]
-        return v.permute(perm).reshape(N, *full, C).movedim(-1, 1)
+        return v.permute(perm).contiguous().view(N, *full, C).movedim(-1, 1)
     v = x.reshape(N, *[sizes[a] for a in axes], *spatial)
     at = {a: 1 + k for k, a in enumerate(axes)}
     perm = [0, at["c"], *[d for i in range(n) for d in (1 + n + 1 + i, at[str(i)])]]

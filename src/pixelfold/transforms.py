@@ -41,6 +41,7 @@ __all__ = [
     "subpixel_weight",
     "subpixel_phase_weights",
     "transposed_weight",
+    "trim_zero_taps",
     "conv_layout",
 ]
 
@@ -347,6 +348,11 @@ def subpixel_weight(
     """
     if not spec.transposed:
         raise FoldError("subpixel takes a transposed convolution (nn.ConvTransposeNd)")
+    if order != "crd" and spec.groups != 1:
+        raise FoldError(
+            f"order={order!r} interleaves the output channels of different groups (groups={spec.groups}); "
+            "use order='crd', which keeps each group's channels together"
+        )
     geo = subpixel_geometry(spec)
     w = dense_kernel(conv_layout(weight, spec.groups), spec.dilation)
     padding = []
@@ -498,3 +504,35 @@ def transposed_weight(
         output_padding=(0,) * n,
     )
     return w, bias, new
+
+
+def trim_zero_taps(weight: torch.Tensor, spec: ConvSpec) -> tuple[torch.Tensor, ConvSpec]:
+    """Drop all-zero taps from both ends of a transposed conv's kernel, where that is exact.
+
+    Removing ``t`` zero taps from each end of a dim and ``t`` from its padding
+    leaves ``ConvTranspose`` unchanged (same output size, same values), for
+    ``t <= padding``. Used by ``transposed()`` so that a sub-pixel conv with
+    structural zero taps (3×3 per phase from k=4, s=2, p=1) comes back as k=4, p=1.
+
+    >>> w = torch.zeros(1, 1, 6); w[..., 1:5] = 1.0
+    >>> spec = ConvSpec(1, 1, (6,), (2,), ((2, 2),), (1,), transposed=True)
+    >>> w2, s2 = trim_zero_taps(w, spec)
+    >>> w2.shape[-1], s2.padding
+    (4, ((1, 1),))
+    """
+    if not spec.transposed or any(d != 1 for d in spec.dilation):
+        return weight, spec
+    kernel, padding = list(spec.kernel), list(spec.padding)
+    for i in range(spec.dims):
+        axis = 2 + i
+        nonzero = weight.detach().ne(0).movedim(axis, 0).reshape(weight.shape[axis], -1).any(1)
+        idx = torch.nonzero(nonzero).flatten()
+        if idx.numel() == 0:
+            continue
+        lead, trail = int(idx[0]), weight.shape[axis] - 1 - int(idx[-1])
+        t = min(lead, trail, padding[i][0])
+        if t:
+            weight = weight.narrow(axis, t, weight.shape[axis] - 2 * t)
+            kernel[i] -= 2 * t
+            padding[i] = (padding[i][0] - t, padding[i][1] - t)
+    return weight, spec.replace(kernel=tuple(kernel), padding=tuple(padding))

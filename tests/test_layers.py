@@ -363,3 +363,17 @@ def test_errors(build, message):
     with pytest.raises(FoldError) as info:
         build()
     assert message in str(info.value)
+
+
+def test_transposed_trims_zero_taps_only_within_padding():
+    # Zero outer taps but padding k-1: the transposed conv has padding 0, so nothing may be trimmed.
+    conv = make_conv(1, 2, 4, 3, padding=2, bias=False)
+    with torch.no_grad():
+        conv.weight[..., 0] = 0
+        conv.weight[..., 2] = 0
+    seq = nn.Sequential(conv, pixelfold.DepthToSpace(2))
+    x = torch.randn(1, 2, 5, dtype=torch.float64)
+    for trim in (True, False):
+        t = transposed(seq, trim=trim)
+        assert t.padding == (0,) and t.kernel_size == (6,)
+        np.testing.assert_allclose(to_np(t(x)), to_np(seq(x)), atol=1e-12)

@@ -377,3 +377,17 @@ def test_transposed_trims_zero_taps_only_within_padding():
         t = transposed(seq, trim=trim)
         assert t.padding == (0,) and t.kernel_size == (6,)
         np.testing.assert_allclose(to_np(t(x)), to_np(seq(x)), atol=1e-12)
+
+
+@given(st.sampled_from([1, 2, 3]), st.integers(1, 4), st.integers(0, 3), st.booleans())
+def test_patch_linear_matches_reference(dims, k, extra, bias):
+    conv = make_conv(dims, 3, 5, k, stride=k, bias=bias)
+    x = torch.randn(2, 3, *[k * 2 + extra] * dims, dtype=torch.float64)
+    m = pixelfold.PatchLinear(conv)
+    assert_close_np(m(x), ref_conv(conv, x))
+    assert_close_np(m.freeze()(x), ref_conv(conv, x))
+
+
+def test_patch_linear_refuses_overlapping_kernels():
+    with pytest.raises(FoldError, match="kernel == stride"):
+        pixelfold.PatchLinear(make_conv(2, 3, 5, 4, stride=2))

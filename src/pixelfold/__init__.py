@@ -13,6 +13,7 @@ from .errors import FoldError
 from .layers import (
     DepthToSpace,
     FocusSlice,
+    PatchLinear,
     PhaseConv,
     SpaceToDepth,
     SubpixelConvTranspose,
@@ -39,6 +40,7 @@ __all__ = [
     "DepthToSpace",
     "FocusSlice",
     "PhaseConv",
+    "PatchLinear",
     "SubpixelConvTranspose",
     "to_space",
     "to_depth",

@@ -40,6 +40,7 @@ __all__ = [
     "DepthToSpace",
     "FocusSlice",
     "PhaseConv",
+    "PatchLinear",
     "SubpixelConvTranspose",
     "to_space",
     "to_depth",
@@ -308,6 +309,46 @@ def polyphase(conv: nn.Module, block: int | Sequence[int] = 1, order: str = "crd
     spec = ConvSpec.from_module(conv)
     b = check_block(block, spec.dims)
     return PhaseConv(conv, tuple(s * bi for s, bi in zip(spec.stride, b)), b, order)
+
+
+class PatchLinear(_GatheredConv):
+    """A patchify conv (kernel = stride, no padding, no dilation, one group) as one matrix product.
+
+    ``F.linear(space_to_depth(x, k) in NHWC order, W.reshape(O, C·prod(k)))`` — the
+    "patch embedding is a linear layer" view. Whether it beats the conv
+    depends on the BLAS and the shapes: :func:`pixelfold.tune` measures it.
+
+    >>> patch = torch.nn.Conv2d(3, 8, 4, stride=4)
+    >>> m = PatchLinear(patch)
+    >>> x = torch.randn(1, 3, 10, 9)              # the remainder rows/cols are ignored, as by the conv
+    >>> torch.allclose(m(x), patch(x), atol=1e-5)
+    True
+    """
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        conv = _as_conv(conv, "PatchLinear")
+        self.spec = ConvSpec.from_module(conv)
+        s = self.spec
+        if (s.kernel != s.stride or any(lo or hi for lo, hi in s.padding) or any(d != 1 for d in s.dilation)
+                or s.groups != 1):
+            raise FoldError(
+                f"PatchLinear needs kernel == stride, padding 0, dilation 1 and groups 1, got {s}; "
+                "use pixelfold.fold for other strided convs"
+            )
+        self._setup_params(conv, lambda w: w.reshape(w.shape[0], -1), None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.spec.dims
+        k = self.spec.kernel
+        out = self.spec.output_size(x.shape[2:])
+        x = x[(slice(None), slice(None), *[slice(0, o * ki) for o, ki in zip(out, k)])]
+        patches = space_to_depth(x, k).movedim(1, -1)  # (N, *out, C·R)
+        y = F.linear(patches, self.transformed_weight(), self.transformed_bias())
+        return y.movedim(-1, 1)
+
+    def extra_repr(self) -> str:
+        return f"original: {self.spec}, frozen={self.frozen}"
 
 
 # ---------------------------------------------------------------------------- transposed convs

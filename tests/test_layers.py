@@ -391,3 +391,33 @@ def test_patch_linear_matches_reference(dims, k, extra, bias):
 def test_patch_linear_refuses_overlapping_kernels():
     with pytest.raises(FoldError, match="kernel == stride"):
         pixelfold.PatchLinear(make_conv(2, 3, 5, 4, stride=2))
+
+
+# ---------------------------------------------------------------------------- larger shapes: PyTorch's conv as reference
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: fold(make_conv(2, 32, 64, 3, stride=2, padding=1, padding_mode="reflect"), 2), (2, 32, 67, 61)),
+        (lambda: fold(make_conv(3, 3, 16, (3, 7, 7), stride=(1, 2, 2), padding=(1, 3, 3)), (1, 2, 2)),
+         (1, 3, 8, 56, 56)),
+        (lambda: polyphase(make_conv(2, 16, 16, 5, stride=3, padding=2, dilation=2, groups=4), 2), (2, 16, 50, 47)),
+        (lambda: subpixel(make_convt(2, 32, 16, 4, 2, 1), "shared"), (2, 32, 33, 30)),
+        (lambda: subpixel(make_convt(2, 32, 16, (3, 5), (3, 2), (1, 2), (2, 1), groups=2), "phases"),
+         (2, 32, 21, 30)),
+        (lambda: fold(make_conv(1, 64, 64, 9, stride=4, padding=4), 4), (2, 64, 1001)),
+    ],
+)
+def test_larger_shapes_match_pytorch(make, shape):
+    m = make()
+    original = m.to_transposed() if isinstance(m, pixelfold.SubpixelConvTranspose) else make_conv_like(m)
+    x = torch.randn(*shape, dtype=torch.float64)
+    expected = original(x)
+    out = m(x)
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(to_np(out), to_np(expected), atol=1e-11)
+
+
+def make_conv_like(m: pixelfold.PhaseConv) -> nn.Module:
+    conv = m.spec.module_type()(**m.spec.module_kwargs()).double()
+    conv.weight, conv.bias = m.weight, m.bias
+    return conv

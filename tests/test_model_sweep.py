@@ -76,7 +76,8 @@ CASES = [
     Case("tv mobilenet_v3_small", tv_model("mobilenet_v3_small"), img(64)),
     Case("tv fcn_resnet50", tv_model("segmentation.fcn_resnet50", weights_backbone=None, aux_loss=True), img(64),
          note="dilated backbone, dict output"),
-    Case("tv deeplabv3_mobilenet_v3_large", tv_model("segmentation.deeplabv3_mobilenet_v3_large", weights_backbone=None),
+    Case("tv deeplabv3_mobilenet_v3_large",
+         tv_model("segmentation.deeplabv3_mobilenet_v3_large", weights_backbone=None),
          img(65), note="dict output"),
     Case("tv KeypointRCNNPredictor", tv_keypoint_head, (2, 512, 14, 14), note="ConvTranspose2d k4 s2 p1"),
     Case("tv MaskRCNNPredictor", tv_mask_head, (2, 256, 14, 14), note="ConvTranspose2d k2 s2"),
@@ -147,16 +148,17 @@ def write_table(rows: list[Row], complete: bool) -> Path:
     lines = [
         "# pixelfold model sweep: whole-model rewrites, verified",
         "",
-        "`make sweep` (tests/test_model_sweep.py). Random-init models (`pretrained=False`), eval mode, one input of the",
-        "shape shown. Every rewrite is verified by `pixelfold.rewrite` itself (each changed layer in float64 on the",
-        "inputs it receives, then the whole model in float32); *e2e fp64* is the max abs error of the rewritten model",
-        "against the original, both in float64, and *scale* is max |output|. *skipped* layers are strided layers the",
-        "profile wanted but must not rewrite from attributes (timm `Conv2dSame`, `StdConv2d`, `ScaledStdConv2d`,",
-        "`BlurPool2d`, ...; reasons in the report). *ms*: wall time of `rewrite(...)` including all verification,",
+        "`make sweep` (tests/test_model_sweep.py). Random-init models (`pretrained=False`), eval mode, one input "
+        "of the shape shown. Every rewrite is verified by `pixelfold.rewrite` itself (each changed layer in float64 "
+        "on the inputs it receives, then the whole model in float32); *e2e fp64* is the max abs error of the "
+        "rewritten model against the original, both in float64, and *scale* is max |output|. *skipped* layers are "
+        "strided layers the profile wanted but must not rewrite from attributes (timm `Conv2dSame`, `StdConv2d`, "
+        "`ScaledStdConv2d`, `BlurPool2d`, ...; reasons in the report). *ms*: wall time of `rewrite(...)` including "
+        "all verification, "
         f"{platform.machine()} CPU, torch {torch.__version__}, {torch.get_num_threads()} thread(s).",
         "",
-        "| model | input | convs | no_stride: changed / skipped / failed | max layer err (fp64) | e2e fp32 | e2e fp64 | "
-        "scale | e2e fp64 / max(1, scale) | no_stride ms | no_transposed: changed / skipped | e2e fp64 | "
+        "| model | input | convs | no_stride: changed / skipped / failed | max layer err (fp64) | e2e fp32 | "
+        "e2e fp64 | scale | e2e fp64 / max(1, scale) | no_stride ms | no_transposed: changed / skipped | e2e fp64 | "
         "no_transposed ms | note |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]

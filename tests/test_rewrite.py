@@ -11,6 +11,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import pixelfold
@@ -502,7 +504,7 @@ def test_report_table_json_and_progress(unet: TinyUNet, capsys: pytest.CaptureFi
     text = str(report)
     lines = text.splitlines()
     assert lines[0].startswith("pixelfold rewrite [max_kernel=3]: 0 changed, 0 failed, 2 skipped, 1 kept")
-    assert lines[1].split() == ["status", "path", "type", "transform", "before", "after", "max", "err"]
+    assert lines[1].split() == ["status", "path", "type", "transform", "before", "after", "MACs", "max", "err"]
     assert "end to end: not checked" in lines[0]
     assert text.count("kernel extent 7") == 2
     data = json.loads(report.to_json())
@@ -512,6 +514,8 @@ def test_report_table_json_and_progress(unet: TinyUNet, capsys: pytest.CaptureFi
     _, quiet = rewrite(net, "no_stride")
     assert capsys.readouterr().err == ""
     assert quiet.changed[0].after.startswith("s2d 2×2 → Conv2d 12→8 k4×4")
+    assert quiet.changed[0].mac_ratio == pytest.approx(4 * 16 / 49)  # 4 phases × 4×4 taps vs 7×7
+    assert "×1.31" in str(quiet)
     assert quiet.verified_on == "random inputs" and quiet.end_to_end_error is None
 
 
@@ -603,3 +607,90 @@ def test_real_model_skips_are_listed() -> None:
     assert len(report.skipped) == 5 and all("Conv2dSame" in e.reason for e in report.skipped)
     assert len(report.changed) == 0  # every strided layer of tf_efficientnet_b0 is a Conv2dSame
     assert_no_stride(new, report)
+
+
+# ---------------------------------------------------------------------------- torch.fx: pairs across modules
+class SubpixelHead(nn.Module):
+    """Space-to-depth and depth-to-space steps held as attributes, not in an nn.Sequential."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unshuffle = nn.PixelUnshuffle(2)
+        self.stem = nn.Conv2d(12, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 12, 3, padding=1, bias=False)
+        self.shuffle = nn.PixelShuffle(2)
+        self.side = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.stem(self.unshuffle(x)))
+        return self.shuffle(self.head(y)) + self.side(y).mean()
+
+
+def test_fx_finds_pairs_across_modules() -> None:
+    torch.manual_seed(0)
+    net = SubpixelHead()
+    x = torch.randn(1, 3, 16, 16)
+    new, report = rewrite(net, [Rule("merge"), Rule("transposed")], example_inputs=x)
+    assert [(e.path, e.status) for e in report.entries if e.status != "kept"] == [
+        ("unshuffle+stem", "changed"), ("head+shuffle", "changed")]
+    assert isinstance(new.unshuffle, nn.Identity) and isinstance(new.shuffle, nn.Identity)
+    assert type(new.head) is nn.ConvTranspose2d
+    e2e_close(net, new, x)
+
+
+def test_fx_untraceable_model_falls_back_cleanly() -> None:
+    class Untraceable(SubpixelHead):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.sum() > 0:  # data-dependent control flow: fx cannot trace it
+                x = x * 2
+            return super().forward(x)
+
+    net = Untraceable()
+    new, report = rewrite(net, [Rule("merge"), Rule("transposed"), "no_stride"], example_inputs=torch.randn(1, 3, 8, 8))
+    assert not report.changed and not report.failed and type(new.stem) is nn.Conv2d
+
+    class TwoUsers(SubpixelHead):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            z = self.head(torch.relu(self.stem(self.unshuffle(x))))
+            return self.shuffle(z) + z.mean()  # the conv output is used twice: not a pair
+
+    _, report = rewrite(TwoUsers(), Rule("transposed"), example_inputs=torch.randn(1, 3, 8, 8))
+    assert not report.changed
+
+
+# ---------------------------------------------------------------------------- property: any strided layer
+@st.composite
+def strided_layers(draw: st.DrawFn) -> tuple[nn.Module, tuple[int, ...]]:
+    dims = draw(st.integers(1, 3))
+    groups = draw(st.sampled_from([1, 2]))
+    k = tuple(draw(st.integers(1, 5)) for _ in range(dims))
+    s = tuple(draw(st.integers(1, 3)) for _ in range(dims - 1)) + (draw(st.integers(2, 3)),)
+    d = tuple(draw(st.integers(1, 2)) for _ in range(dims))
+    bias = draw(st.booleans())
+    size = tuple(draw(st.integers(7, 13)) for _ in range(dims))
+    if draw(st.booleans()):
+        p = tuple(draw(st.integers(0, dd * (kk - 1) // 2)) for kk, dd in zip(k, d))
+        op = tuple(draw(st.integers(0, ss - 1)) for ss in s)
+        op = tuple(min(o, max(ss, dd) - 1) for o, ss, dd in zip(op, s, d))
+        cls = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)[dims - 1]
+        return cls(2 * groups, 2 * groups, k, s, p, op, groups, bias, d), size
+    mode = draw(st.sampled_from(["zeros", "zeros", "reflect", "replicate", "circular"]))
+    p = tuple(draw(st.integers(0, min(kk, 2 if mode != "zeros" else kk))) for kk in k)
+    cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[dims - 1]
+    return cls(2 * groups, 2 * groups, k, s, p, d, groups, bias, padding_mode=mode), size
+
+
+@settings(max_examples=30)
+@given(strided_layers())
+def test_no_stride_removes_any_strided_layer_exactly(case: tuple[nn.Module, tuple[int, ...]]) -> None:
+    layer, size = case
+    net = nn.Sequential(layer)
+    x = torch.randn(1, layer.in_channels, *size)
+    try:
+        net(x)
+    except RuntimeError:  # input too small for this layer: not a case
+        return
+    new, report = rewrite(net, "no_stride", example_inputs=x)
+    assert [e.status for e in report.entries] == ["changed"], str(report)
+    assert not strided_left(new) and report.ok
+    e2e_close(net, new, x)

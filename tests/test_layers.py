@@ -421,3 +421,42 @@ def make_conv_like(m: pixelfold.PhaseConv) -> nn.Module:
     conv = m.spec.module_type()(**m.spec.module_kwargs()).double()
     conv.weight, conv.bias = m.weight, m.bias
     return conv
+
+
+def test_fold_reads_only_the_phases_the_kernel_touches():
+    down = make_conv(2, 8, 16, 1, stride=2)  # ResNet's 1×1/2 downsample: one phase of four is read
+    m = fold(down, 2)
+    assert m.live_phases == [(0, 0)] and m.inner.in_channels == 8
+    x = torch.randn(2, 8, 15, 14, dtype=torch.float64)
+    assert_close_np(m(x), ref_conv(down, x))
+    wide = make_conv(2, 2, 3, (1, 3), stride=(3, 2), padding=(0, 1))
+    m = fold(wide, (3, 2))
+    assert m.live_phases == [(0, 0), (0, 1)]
+    x = torch.randn(1, 2, 10, 9, dtype=torch.float64)
+    assert_close_np(m(x), ref_conv(wide, x))
+
+
+def test_modules_expose_the_original_conv_attributes():
+    conv = make_conv(2, 3, 8, 3, stride=2, padding=1, dilation=1)
+    m = fold(conv, 2)
+    assert (m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.groups) == \
+        (3, 8, (3, 3), (2, 2), (1, 1), 1)
+    up = subpixel(make_convt(2, 4, 2, 3, 2, 1, output_padding=1))
+    assert up.transposed and up.output_padding == (1, 1) and up.out_channels == 2
+
+
+@pytest.mark.parametrize("form", ["shared", "phases"])
+def test_subpixel_takes_output_size_like_conv_transpose(form):
+    up = make_convt(2, 4, 2, 3, (2, 3), 1)
+    sp = subpixel(up, form)
+    x = torch.randn(1, 4, 5, 4, dtype=torch.float64)
+    for size in ([9, 10], [10, 11], [1, 2, 10, 12]):
+        np.testing.assert_allclose(to_np(sp(x, output_size=size)), to_np(up(x, output_size=size)), atol=1e-12)
+    with pytest.raises(FoldError, match="not between 9 and 10"):
+        sp(x, output_size=[11, 10])
+
+
+def test_transposed_of_subpixel_shares_parameters():
+    up = make_convt(2, 4, 2, 4, 2, 1)
+    back = transposed(subpixel(up))
+    assert back.weight is up.weight and back.bias is up.bias

@@ -28,6 +28,9 @@ from .layers import (
 )
 from .rearrange import depth_to_space, space_to_depth
 from .spec import ConvSpec
+from . import verify
+from .rewrite import LayerChange, Profile, RewriteReport, Rule, SamePadPhaseConv, rewrite
+from .tune import Plan, apply_plan, tune
 
 __version__ = "0.1.0"
 
@@ -51,4 +54,14 @@ __all__ = [
     "merge",
     "icnr_",
     "reference",
+    "verify",
+    "rewrite",
+    "RewriteReport",
+    "LayerChange",
+    "Rule",
+    "Profile",
+    "SamePadPhaseConv",
+    "tune",
+    "apply_plan",
+    "Plan",
 ]

@@ -121,6 +121,11 @@ class FocusSlice(SpaceToDepth):
         super().__init__(block, "focus")
 
 
+def is_focus(module: nn.Module) -> bool:
+    """True for a YOLOv5-style ``Focus`` module (slice-and-concatenate, then ``.conv``), which :func:`merge` takes."""
+    return type(module).__name__ == "Focus" and hasattr(module, "conv")
+
+
 # ---------------------------------------------------------------------------- gather maps
 def _index_map(transform: Callable[[torch.Tensor], torch.Tensor], shape: Sequence[int]) -> torch.Tensor:
     """Run a gather-only weight transform on indices: entry ``i+1`` marks source ``i``, 0 a zero."""
@@ -152,6 +157,49 @@ class _GatheredConv(nn.Module):
         else:
             self.bias_index = None
         self.frozen = False
+
+    # The original layer's attributes, read-only, so model code that inspects them keeps working.
+    spec: ConvSpec
+
+    @property
+    def in_channels(self) -> int:
+        return self.spec.in_channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.spec.out_channels
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        return self.spec.kernel
+
+    @property
+    def stride(self) -> tuple[int, ...]:
+        return self.spec.stride
+
+    @property
+    def padding(self) -> tuple[int, ...] | tuple[tuple[int, int], ...]:
+        return self.spec.symmetric_padding or self.spec.padding
+
+    @property
+    def dilation(self) -> tuple[int, ...]:
+        return self.spec.dilation
+
+    @property
+    def groups(self) -> int:
+        return self.spec.groups
+
+    @property
+    def padding_mode(self) -> str:
+        return self.spec.padding_mode
+
+    @property
+    def output_padding(self) -> tuple[int, ...]:
+        return self.spec.output_padding
+
+    @property
+    def transposed(self) -> bool:
+        return self.spec.transposed
 
     def transformed_weight(self) -> torch.Tensor:
         """The inner conv's weight, computed from the original ``weight``."""
@@ -215,6 +263,37 @@ class PhaseConv(_GatheredConv):
             lambda w: T.phase_conv_weight(w, None, self.spec, self.in_block, self.out_block, order)[0],
             (lambda b: T.phase_bias(b, self.out_block, order)) if math.prod(self.out_block) > 1 else None,
         )
+        self.live_phases = self._drop_dead_phases() if order == "crd" else None
+
+    def _drop_dead_phases(self) -> list[tuple[int, ...]] | None:
+        """Input phases that no tap reads (kernel smaller than the block, e.g. 1×1/2) are not gathered at all.
+
+        Returns the offsets of the phases kept (row-major), or ``None`` if every phase is read.
+        """
+        R = math.prod(self.in_block)
+        index = self.weight_index
+        O, CR, *Q = index.shape
+        live = index.reshape(O, CR // R, R, *Q).ne(0).transpose(0, 2).reshape(R, -1).any(1)
+        if bool(live.all()):
+            return None
+        keep = torch.nonzero(live).flatten()
+        self.weight_index = index.reshape(O, CR // R, R, *Q)[:, :, keep].reshape(O, -1, *Q)
+        self.inner = self.inner.replace(in_channels=self.spec.in_channels * len(keep))
+        decoded = []
+        for p in keep.tolist():  # row-major phase index -> per-dim offsets
+            off = []
+            for b in reversed(self.in_block):
+                off.append(p % b)
+                p //= b
+            decoded.append(tuple(reversed(off)))
+        return decoded
+
+    def _gather_phases(self, x: torch.Tensor) -> torch.Tensor:
+        if self.live_phases is None:
+            return space_to_depth(x, self.in_block, self.order)
+        parts = [x[(slice(None), slice(None), *[slice(u, None, b) for u, b in zip(off, self.in_block)])]
+                 for off in self.live_phases]
+        return parts[0] if len(parts) == 1 else torch.stack(parts, 2).flatten(1, 2)
 
     def _geometry(self, spatial: Sequence[int]) -> tuple[list[int], list[tuple[int, int]]]:
         """Output size and the (lo, hi) zero padding (negative: crop) after mode padding."""
@@ -250,7 +329,7 @@ class PhaseConv(_GatheredConv):
                           mode=mode)
             if any(e for _, e in extra):
                 x = F.pad(x, [v for _, e in reversed(extra) for v in (0, e)])
-        x = space_to_depth(x, self.in_block, self.order)
+        x = self._gather_phases(x)
         y = _CONV_FN[n](x, self.transformed_weight(), self.transformed_bias(), self.inner.stride, conv_pad,
                         1, self.spec.groups)
         if math.prod(self.out_block) > 1:
@@ -259,8 +338,9 @@ class PhaseConv(_GatheredConv):
         return y
 
     def extra_repr(self) -> str:
+        phases = "" if self.live_phases is None else f", phases read={self.live_phases}"
         return (f"original: {self.spec}\n  inner: {self.inner}\n  in_block={self.in_block}, "
-                f"out_block={self.out_block}, order={self.order!r}, frozen={self.frozen}")
+                f"out_block={self.out_block}, order={self.order!r}{phases}, frozen={self.frozen}")
 
 
 def fold(conv: nn.Module, block: int | Sequence[int], order: str = "crd") -> PhaseConv:
@@ -376,10 +456,8 @@ class SubpixelConvTranspose(_GatheredConv):
                 lambda w: T.subpixel_weight(w, None, self.spec, order)[0],
                 lambda b: T.phase_bias(b, self.spec.stride, order),
             )
-            self.phases: list[tuple[tuple[int, ...], tuple[tuple[int, int], ...]]] = []
         else:
             phases = T.subpixel_phase_weights(w0, self.spec)
-            self.phases = [(ph, pads) for ph, _, pads in phases]
             live = [i for i, (_, w, _) in enumerate(phases) if w is not None]
             self.live = live
 
@@ -398,35 +476,51 @@ class SubpixelConvTranspose(_GatheredConv):
             return self.inner.out_channels * cg * math.prod(self.inner.kernel)
         return sum(s[0] * s[1] * math.prod(s[2:]) for s in self.phase_shapes)
 
+    def _spec_for(self, x: torch.Tensor, output_size: Sequence[int] | None) -> ConvSpec:
+        """The spec with the output padding that ``output_size`` asks for (as ``nn.ConvTranspose`` does)."""
+        if output_size is None:
+            return self.spec
+        n = self.spec.dims
+        size = list(output_size)[-n:]
+        if len(size) != n:
+            raise FoldError(f"output_size {list(output_size)} must have {n} or {n + 2} entries")
+        minimum = self.spec.replace(output_padding=(0,) * n).output_size(x.shape[2:])
+        pad = []
+        for i, (want, lo, s) in enumerate(zip(size, minimum, self.spec.stride)):
+            if not lo <= want <= lo + s - 1:
+                raise FoldError(f"output_size {want} in dim {i} is not between {lo} and {lo + s - 1} for input "
+                                f"size {x.shape[2 + i]}")
+            pad.append(want - lo)
+        return self.spec.replace(output_padding=tuple(pad))
+
     def forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
         n = self.spec.dims
-        if output_size is not None:
-            raise FoldError("SubpixelConvTranspose does not take output_size; set output_padding on the layer")
         if x.dim() != n + 2:
             raise FoldError(f"expected input of rank {n + 2} (N, C, *spatial), got shape {tuple(x.shape)}")
-        out = self.spec.output_size(x.shape[2:])
-        s = self.spec.stride
+        spec = self._spec_for(x, output_size)
+        out = spec.output_size(x.shape[2:])
         if self.form == "shared":
-            pad = self.inner.symmetric_padding
-            if pad is None or any(p < 0 for p in pad):
-                x = F.pad(x, [v for lo, hi in reversed(self.inner.padding) for v in (lo, hi)])
+            padding = self.inner.padding if spec is self.spec else T.subpixel_padding(spec)
+            pad = tuple(lo for lo, _ in padding)
+            if any(lo != hi or lo < 0 for lo, hi in padding):
+                x = F.pad(x, [v for lo, hi in reversed(padding) for v in (lo, hi)])
                 pad = (0,) * n
             y = _CONV_FN[n](x, self.transformed_weight(), self.transformed_bias(), 1, pad, 1, self.spec.groups)
-            y = depth_to_space(y, s, self.order)
+            y = depth_to_space(y, self.spec.stride, self.order)
         else:
-            y = self._phases_forward(x)
+            y = self._phases_forward(x, spec)
         return y[(slice(None), slice(None), *[slice(0, o) for o in out])]
 
-    def _phases_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _phases_forward(self, x: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
         n = self.spec.dims
         flat = self.transformed_weight()
         bias = self.bias if not self.frozen else self.frozen_bias
-        blocks = [L + g["extra"] for L, g in zip(x.shape[2:], T.subpixel_geometry(self.spec))]
+        blocks = [L + g["extra"] for L, g in zip(x.shape[2:], T.subpixel_geometry(spec))]
         outs: list[torch.Tensor] = []
         offset = 0
         shapes = iter(self.phase_shapes)
         live = set(self.live)
-        for i, (_, pads) in enumerate(self.phases):
+        for i, pads in enumerate(T.subpixel_phase_padding(spec)):
             if i in live:
                 shape = next(shapes)
                 w = flat[offset: offset + math.prod(shape)].reshape(shape)
@@ -473,7 +567,7 @@ def subpixel(convt: nn.Module, form: str = "shared", order: str = "crd") -> Subp
 def transposed(module: nn.Module, trim: bool = True) -> nn.Module:
     """The ``nn.ConvTransposeNd`` equal to a conv followed by depth-to-space.
 
-    Accepts a :class:`SubpixelConvTranspose` (returns its original layer) or
+    Accepts a :class:`SubpixelConvTranspose` (returns its original layer, sharing its Parameters) or
     ``nn.Sequential(conv, nn.PixelShuffle(r) | DepthToSpace(r, order))`` with a
     stride-1, undilated conv with equal zero padding on both sides. The
     result has kernel ``k*r``, stride ``r`` and padding ``(k-1-p)*r``; with
@@ -490,7 +584,7 @@ def transposed(module: nn.Module, trim: bool = True) -> nn.Module:
     True
     """
     if isinstance(module, SubpixelConvTranspose):
-        return copy.deepcopy(module.to_transposed())
+        return module.to_transposed()
     parts = list(module.children()) if isinstance(module, nn.Sequential) else []
     if len(parts) != 2 or not isinstance(parts[1], (nn.PixelShuffle, DepthToSpace)):
         raise FoldError(
@@ -571,7 +665,7 @@ def merge(module: nn.Module, conv: nn.Module | None = None) -> nn.Module:
         step = module
     elif isinstance(module, nn.Sequential) and len(module) == 2:
         step, conv = module[0], module[1]
-    elif type(module).__name__ == "Focus" and hasattr(module, "conv"):
+    elif is_focus(module):
         inner = module.conv
         if isinstance(inner, nn.modules.conv._ConvNd):
             return merge(FocusSlice(), inner)

@@ -62,6 +62,7 @@ from .layers import (
     SpaceToDepth,
     SubpixelConvTranspose,
     fold,
+    is_focus,
     merge,
     polyphase,
     subpixel,
@@ -252,10 +253,6 @@ def _spec_of(module: nn.Module) -> ConvSpec | None:
 def _is_conv_like(module: nn.Module) -> bool:
     return (isinstance(module, (nn.modules.conv._ConvNd, PhaseConv, SubpixelConvTranspose))
             or type(module).__name__ in _HIDDEN_REASONS)
-
-
-def _is_focus(module: nn.Module) -> bool:
-    return type(module).__name__ == "Focus" and hasattr(module, "conv")
 
 
 def _divisors(n: int) -> list[int]:
@@ -922,7 +919,7 @@ class _Planner:
     # -- single modules
     def visit(self, path: str, module: nn.Module) -> None:
         conv_like = _is_conv_like(module)
-        focus = _is_focus(module)
+        focus = is_focus(module)
         if not conv_like and not focus:
             return
         spec = _spec_of(module)

@@ -39,6 +39,8 @@ __all__ = [
     "phase_conv_weight",
     "subpixel_geometry",
     "subpixel_weight",
+    "subpixel_padding",
+    "subpixel_phase_padding",
     "subpixel_phase_weights",
     "transposed_weight",
     "trim_zero_taps",
@@ -355,7 +357,6 @@ def subpixel_weight(
         )
     geo = subpixel_geometry(spec)
     w = dense_kernel(conv_layout(weight, spec.groups), spec.dilation)
-    padding = []
     for i, g in enumerate(geo):
         s, E, lo, hi = g["s"], g["E"], g["lo"], g["hi"]
         a = torch.tensor(g["a"]).view(s, 1, 1)
@@ -367,7 +368,6 @@ def subpixel_weight(
         gth = _gather_axis(w, axis, e, valid)  # (O, C, ..., s, 1, K, ...)
         gth = gth.movedim(axis, 1).squeeze(axis + 1)  # (O, s, C, ..., K, ...)
         w = gth.reshape(gth.shape[0] * s, *gth.shape[2:])
-        padding.append((-lo, max(0, g["extra"] + hi)))  # type: ignore[operator]
     R = math.prod(spec.stride)
     w = _permute_out(w, spec.stride, order)
     if bias is not None:
@@ -377,12 +377,30 @@ def subpixel_weight(
         out_channels=spec.out_channels * R,
         kernel=tuple(w.shape[2:]),
         stride=(1,) * spec.dims,
-        padding=tuple(padding),
+        padding=subpixel_padding(spec),
         dilation=(1,) * spec.dims,
         groups=spec.groups,
         bias=spec.bias,
     )
     return w, bias, new
+
+
+def subpixel_padding(spec: ConvSpec) -> tuple[tuple[int, int], ...]:
+    """Padding ``(lo, hi)`` per dim (negative: crop) of the shared-window sub-pixel conv.
+
+    It yields ``ceil(L_out / s)`` output blocks or more for every input length.
+
+    >>> subpixel_padding(ConvSpec.from_module(torch.nn.ConvTranspose2d(1, 1, 4, stride=2, padding=1)))
+    ((1, 1), (1, 1))
+    """
+    return tuple((-g["lo"], max(0, g["extra"] + g["hi"])) for g in subpixel_geometry(spec))  # type: ignore
+
+
+def subpixel_phase_padding(spec: ConvSpec) -> list[tuple[tuple[int, int], ...]]:
+    """Per output phase (row-major), the ``(lo, hi)`` padding per dim of its own conv (negative: crop)."""
+    geo = subpixel_geometry(spec)
+    return [tuple((g["Q"][j] - 1 - g["a"][j], g["extra"] + g["a"][j]) for g, j in zip(geo, phase))  # type: ignore
+            for phase in _row_major(spec.stride)]
 
 
 def subpixel_phase_weights(
@@ -404,20 +422,18 @@ def subpixel_phase_weights(
     geo = subpixel_geometry(spec)
     dense = dense_kernel(conv_layout(weight, spec.groups), spec.dilation)
     out = []
-    for phase in _row_major(spec.stride):
+    for phase, pads in zip(_row_major(spec.stride), subpixel_phase_padding(spec)):
         w: torch.Tensor | None = dense
-        pads = []
         for i, j in enumerate(phase):
             g = geo[i]
-            Q, a, r = g["Q"][j], g["a"][j], g["r"][j]  # type: ignore[index]
-            pads.append((Q - 1 - a, g["extra"] + a))  # type: ignore[operator]
+            Q, r = g["Q"][j], g["r"][j]  # type: ignore[index]
             if Q == 0:
                 w = None
             elif w is not None:
                 w = w.narrow(2 + i, r, w.shape[2 + i] - r)[(slice(None),) * (2 + i) + (slice(None, None, g["s"]),)]
         if w is not None:
             w = w.flip(list(range(2, 2 + spec.dims)))
-        out.append((phase, w, tuple(pads)))
+        out.append((phase, w, pads))
     return out
 
 

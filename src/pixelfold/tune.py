@@ -25,9 +25,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
-from torch.utils import benchmark
 
-from . import layers
+from . import layers, verify
 from .errors import FoldError
 from .spec import ConvSpec
 
@@ -70,13 +69,9 @@ def candidate_forms(module: nn.Module) -> list[tuple[str, dict[str, Any]]]:
         return forms
     if type(module) in _PLAIN_CONVTS and any(s > 1 for s in module.stride):
         return [("subpixel", {"form": "shared"}), ("subpixel", {"form": "phases"})]
-    if _is_focus(module) or _is_s2d_pair(module):
+    if layers.is_focus(module) or _is_s2d_pair(module):
         return [("merge", {})]
     return []
-
-
-def _is_focus(module: nn.Module) -> bool:
-    return type(module).__name__ == "Focus" and hasattr(module, "conv")
 
 
 def _is_s2d_pair(module: nn.Module) -> bool:
@@ -176,34 +171,10 @@ def _as_tuple(inputs: Any) -> tuple[Any, ...]:
     return inputs if isinstance(inputs, tuple) else (inputs,)
 
 
-def _capture(model: nn.Module, inputs: tuple[Any, ...], paths: Iterable[str]) -> dict[str, tuple[Any, ...]]:
-    captured: dict[str, tuple[Any, ...]] = {}
-    handles = []
-    for path in paths:
-        def hook(_m: nn.Module, args: tuple[Any, ...], path: str = path) -> None:
-            captured.setdefault(path, tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args))
-        handles.append(model.get_submodule(path).register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return captured
-
-
-def _max_error(a: nn.Module, b: nn.Module, args: tuple[Any, ...]) -> float:
-    """Max abs difference of two modules on ``args``, both run in float64 on copies."""
-    a64, b64 = copy.deepcopy(a).double().eval(), copy.deepcopy(b).double().eval()
-    if isinstance(b64, layers._GatheredConv) and b64.frozen:
-        b64.unfreeze().freeze()  # re-bake in float64
-    args64 = tuple(x.double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x for x in args)
-    with torch.no_grad():
-        return float((a64(*args64) - b64(*args64)).abs().max())
-
-
 def _time_ms(fns: dict[str, Callable[[], Any]], rounds: int, min_run_time: float) -> dict[str, float]:
     """Median time of each callable, interleaved over ``rounds`` rounds."""
+    from torch.utils import benchmark  # imported here: it loads the C++ extension machinery
+
     samples: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():  # warm-up
         fn()
@@ -242,7 +213,7 @@ def _eligible(model: nn.Module) -> list[str]:
             continue
         if candidate_forms(module):
             paths.append(path)
-            if _is_focus(module) or _is_s2d_pair(module):
+            if layers.is_focus(module) or _is_s2d_pair(module):
                 taken.append(path)
     return paths
 
@@ -293,7 +264,7 @@ def tune(
     allowed = set(candidates) if candidates is not None else None
 
     paths = _eligible(work)
-    captured = _capture(work, inputs, paths)
+    captured = verify.capture_inputs(work, inputs, paths)
     plans: list[LayerPlan] = []
     for i, path in enumerate(paths):
         module = work.get_submodule(path)
@@ -315,7 +286,7 @@ def tune(
                 cand = build_form(module, name, opts).to(dev).eval()
             except FoldError:
                 continue
-            err = _max_error(module, cand, args)
+            err = verify.compare_modules(module, cand, args)
             errors[label] = err
             if err <= tolerance * max(1.0, scale):
                 built[label] = cand

@@ -425,7 +425,7 @@ class PatchLinear(_GatheredConv):
         x = x[(slice(None), slice(None), *[slice(0, o * ki) for o, ki in zip(out, k)])]
         patches = space_to_depth(x, k).movedim(1, -1)  # (N, *out, C·R)
         y = F.linear(patches, self.transformed_weight(), self.transformed_bias())
-        return y.movedim(-1, 1)
+        return y.movedim(n + 1, 1)  # not movedim(-1, ...): the TorchScript ONNX exporter mis-writes negative dims
 
     def extra_repr(self) -> str:
         return f"original: {self.spec}, frozen={self.frozen}"

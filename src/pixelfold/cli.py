@@ -8,7 +8,7 @@ lazily so that ``--help`` stays fast. A :class:`~pixelfold.FoldError` raised
 by a command is printed to stderr (no traceback) and exits with status 2.
 
 >>> sorted(COMMANDS)
-['explain']
+['bench', 'explain', 'rewrite', 'tune']
 >>> main(["explain", "--channels", "12", "--block", "4", "--no-time"])  # message on stderr
 2
 """
@@ -178,6 +178,19 @@ def _explain_run(args: argparse.Namespace) -> int:
 
 register("explain", "the seed question for any shapes: depth form vs space form, checked and timed",
          _explain_arguments, _explain_run, _EXPLAIN_DESCRIPTION, _EXPLAIN_EPILOG)
+
+
+# ---------------------------------------------------------------------------- model tools (imported when run)
+register_module("rewrite", "rewrite a timm/torchvision model by a profile (no_stride, ...), verified, with a report",
+                "pixelfold.commands", "rewrite_arguments", "rewrite_run",
+                "Rewrite every layer a profile selects (no_stride, no_transposed, max_kernel=N, min_channels=N), "
+                "verify each change on the model's real inputs and end to end, and print the report.")
+register_module("tune", "time every exact form of each layer on this machine, keep the fastest, write a plan",
+                "pixelfold.commands", "tune_arguments", "tune_run",
+                "Time every exact form of each eligible layer (fold, patch_linear, subpixel, merge) on this "
+                "machine, keep the fastest verified one, and write the choices as a JSON plan.")
+register_module("bench", "run the benchmark suite (every exact form side by side) and write tables and a chart",
+                "pixelfold.bench")
 
 
 # ---------------------------------------------------------------------------- main

@@ -144,12 +144,13 @@ class Plan:
         return cls.from_json(Path(path).read_text())
 
     def __str__(self) -> str:
-        rows = [("layer", "spec", "choice", "orig ms", "best ms", "speed-up")]
+        rows = [("layer", "spec", "kept", "original ms", "fastest form measured", "ms", "ratio")]
         for lp in self.layers:
             orig = lp.times_ms.get("original", float("nan"))
-            best = lp.times_ms.get(_label(lp.choice, lp.options), orig)
-            rows.append((lp.path, lp.spec, _label(lp.choice, lp.options), f"{orig:.3f}", f"{best:.3f}",
-                         f"{orig / best:.2f}×" if best else "-"))
+            fastest = min(lp.times_ms, key=lp.times_ms.__getitem__) if lp.times_ms else "original"
+            best = lp.times_ms.get(fastest, orig)
+            rows.append((lp.path, lp.spec, _label(lp.choice, lp.options), f"{orig:.3f}", fastest, f"{best:.3f}",
+                         f"{best / orig:.2f}" if orig else "-"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))

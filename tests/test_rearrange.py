@@ -88,6 +88,20 @@ def test_crd_2d_is_pixel_unshuffle(r, channels_last):
     assert torch.equal(depth_to_space(y, r), F.pixel_shuffle(y, r))
 
 
+@pytest.mark.parametrize("C", [3, 20])
+@pytest.mark.parametrize("block", [2, 4, 8, (2, 4)])
+@pytest.mark.parametrize("order", ["crd", "dcr", "focus"])
+def test_channels_last_copy_paths_match_definition(C, block, order):
+    """channels_last takes layout-specific copy paths (per-phase stack, two-step crd, pixel_shuffle); each is exact."""
+    b = block if isinstance(block, tuple) else (block, block)
+    x = torch.randn(2, C, 3 * b[0], 2 * b[1], dtype=torch.float64).to(memory_format=torch.channels_last)
+    y = space_to_depth(x, block, order)
+    np.testing.assert_array_equal(y.numpy(), definition_s2d(x.numpy(), b, order))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    back = depth_to_space(y, block, order)
+    assert torch.equal(back, x) and back.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_dcr_is_tf_space_to_depth():
     """TF/ONNX: out[n, (i*b + j)*C + c, h, w] = x[n, c, h*b + i, w*b + j]."""
     b, C = 3, 2

@@ -383,14 +383,17 @@ def test_transposed_trims_zero_taps_only_within_padding():
 def test_patch_linear_matches_reference(dims, k, extra, bias):
     conv = make_conv(dims, 3, 5, k, stride=k, bias=bias)
     x = torch.randn(2, 3, *[k * 2 + extra] * dims, dtype=torch.float64)
-    m = pixelfold.PatchLinear(conv)
-    assert_close_np(m(x), ref_conv(conv, x))
-    assert_close_np(m.freeze()(x), ref_conv(conv, x))
+    for order in ("crd", "dcr"):
+        m = pixelfold.PatchLinear(conv, order)
+        assert_close_np(m(x), ref_conv(conv, x))
+        assert_close_np(m.freeze()(x), ref_conv(conv, x))
 
 
 def test_patch_linear_refuses_overlapping_kernels():
     with pytest.raises(FoldError, match="kernel == stride"):
         pixelfold.PatchLinear(make_conv(2, 3, 5, 4, stride=2))
+    with pytest.raises(FoldError, match="order"):
+        pixelfold.PatchLinear(make_conv(2, 3, 5, 4, stride=4), order="focus")
 
 
 # ---------------------------------------------------------------------------- larger shapes: PyTorch's conv as reference

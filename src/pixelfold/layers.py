@@ -128,10 +128,14 @@ def is_focus(module: nn.Module) -> bool:
 
 # ---------------------------------------------------------------------------- gather maps
 def _index_map(transform: Callable[[torch.Tensor], torch.Tensor], shape: Sequence[int]) -> torch.Tensor:
-    """Run a gather-only weight transform on indices: entry ``i+1`` marks source ``i``, 0 a zero."""
-    probe = torch.arange(1, math.prod(shape) + 1, dtype=torch.float64).reshape(*shape)
-    out = transform(probe)
-    return out.round().long()
+    """Run a gather-only weight transform on indices: entry ``i+1`` marks source ``i``, 0 a zero.
+
+    The transforms only move entries and insert zeros, so they run on integer
+    tensors directly (int32 while the indices fit: half the memory traffic).
+    """
+    size = math.prod(shape)
+    dtype = torch.int32 if size < 2**31 - 1 else torch.int64
+    return transform(torch.arange(1, size + 1, dtype=dtype).reshape(*shape))
 
 
 def _apply_map(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -145,14 +149,19 @@ class _GatheredConv(nn.Module):
     weight: nn.Parameter
     bias: nn.Parameter | None
 
-    def _setup_params(self, source: nn.Module, weight_fn: Callable[[torch.Tensor], torch.Tensor],
-                      bias_fn: Callable[[torch.Tensor], torch.Tensor] | None) -> None:
+    def _setup_params(self, source: nn.Module, weight_fn: Callable[[torch.Tensor], torch.Tensor] | None,
+                      bias_fn: Callable[[torch.Tensor], torch.Tensor] | None,
+                      weight_index: torch.Tensor | None = None) -> None:
+        """Share ``source``'s weight/bias Parameters; ``weight_index`` (or ``weight_fn`` run on a probe) maps them."""
         self.weight = source.weight  # type: ignore[assignment]
         self.bias = source.bias  # type: ignore[assignment]
-        self.register_buffer("weight_index", _index_map(weight_fn, self.weight.shape).to(self.weight.device),
-                             persistent=False)
+        if weight_index is None:
+            assert weight_fn is not None
+            weight_index = _index_map(weight_fn, self.weight.shape)
+        # int64 (the probes may be int32): ONNX's Gather/GatherND take int64 indices only
+        self.register_buffer("weight_index", weight_index.to(self.weight.device, torch.long), persistent=False)
         if self.bias is not None and bias_fn is not None:
-            self.register_buffer("bias_index", _index_map(bias_fn, self.bias.shape).to(self.bias.device),
+            self.register_buffer("bias_index", _index_map(bias_fn, self.bias.shape).to(self.bias.device, torch.long),
                                  persistent=False)
         else:
             self.bias_index = None
@@ -256,37 +265,50 @@ class PhaseConv(_GatheredConv):
         self.in_block = check_block(in_block, n)
         self.out_block = check_block(out_block, n)
         self.order = order
-        w0 = conv.weight.detach()
-        _, _, self.inner = T.phase_conv_weight(w0, None, self.spec, self.in_block, self.out_block, order)
+        index, self.inner, self.live_phases = self._phase_index()
         self._setup_params(
-            conv,
-            lambda w: T.phase_conv_weight(w, None, self.spec, self.in_block, self.out_block, order)[0],
+            conv, None,
             (lambda b: T.phase_bias(b, self.out_block, order)) if math.prod(self.out_block) > 1 else None,
+            weight_index=index,
         )
-        self.live_phases = self._drop_dead_phases() if order == "crd" else None
 
-    def _drop_dead_phases(self) -> list[tuple[int, ...]] | None:
-        """Input phases that no tap reads (kernel smaller than the block, e.g. 1×1/2) are not gathered at all.
+    def _phase_index(self) -> tuple[torch.Tensor, ConvSpec, list[tuple[int, ...]] | None]:
+        """The inner weight's gather map, the inner spec, and the input phases read (``None``: all).
 
-        Returns the offsets of the phases kept (row-major), or ``None`` if every phase is read.
+        The map moves every ``(o, c)`` kernel the same way, so the spatial part
+        is computed once on a ``(1, 1, *K)`` probe (``S[j, u, q]``: which tap of
+        the kernel output phase ``j`` reads from input phase ``u`` at ``q``)
+        and broadcast over the channels: milliseconds even for ResNet-50's
+        2048×1024 downsample conv. Input phases no tap reads (a kernel
+        smaller than the block, e.g. 1×1/2) are left out of the map and not
+        gathered in ``forward`` (``crd`` only: the stack of slices yields that order).
         """
-        R = math.prod(self.in_block)
-        index = self.weight_index
-        O, CR, *Q = index.shape
-        live = index.reshape(O, CR // R, R, *Q).ne(0).transpose(0, 2).reshape(R, -1).any(1)
-        if bool(live.all()):
-            return None
-        keep = torch.nonzero(live).flatten()
-        self.weight_index = index.reshape(O, CR // R, R, *Q)[:, :, keep].reshape(O, -1, *Q)
-        self.inner = self.inner.replace(in_channels=self.spec.in_channels * len(keep))
-        decoded = []
-        for p in keep.tolist():  # row-major phase index -> per-dim offsets
-            off = []
-            for b in reversed(self.in_block):
-                off.append(p % b)
-                p //= b
-            decoded.append(tuple(reversed(off)))
-        return decoded
+        spec, order = self.spec, self.order
+        O, Cg, *K = spec.weight_shape()
+        single = spec.replace(in_channels=1, out_channels=1, groups=1)
+        probe = torch.arange(1, math.prod(K) + 1, dtype=torch.int32).reshape(1, 1, *K)
+        S, _, inner = T.phase_conv_weight(probe, None, single, self.in_block, self.out_block, "crd")
+        R_out, R_in, *Q = S.shape
+        live = S.ne(0).transpose(0, 1).reshape(R_in, -1).any(1)
+        phases = None
+        if order == "crd" and not bool(live.all()):
+            keep = torch.nonzero(live).flatten()
+            S = S[:, keep]
+            phases = [tuple(int(v) for v in torch.unravel_index(p, tuple(self.in_block))) for p in keep]
+        R_kept = S.shape[1]
+        dtype = torch.int32 if O * Cg * math.prod(K) < 2**31 - 1 else torch.int64
+        ones = [1] * len(Q)
+        base = (torch.arange(O, dtype=dtype).view(O, 1, 1, 1, *ones) * Cg
+                + torch.arange(Cg, dtype=dtype).view(1, 1, Cg, 1, *ones)) * math.prod(K)
+        taps = S.to(dtype).view(1, R_out, 1, R_kept, *Q)
+        index = torch.where(taps != 0, base + taps, 0).reshape(O * R_out, Cg * R_kept, *Q)
+        if order != "crd":
+            index = T._permute_in(index, self.in_block, order, spec.groups, inverse=True)
+            if R_out > 1:
+                index = T._permute_out(index, self.out_block, order)
+        inner = inner.replace(in_channels=spec.in_channels * R_kept, out_channels=spec.out_channels * R_out,
+                              groups=spec.groups)
+        return index, inner, phases
 
     def _gather_phases(self, x: torch.Tensor) -> torch.Tensor:
         if self.live_phases is None:
@@ -397,6 +419,11 @@ class PatchLinear(_GatheredConv):
     ``F.linear(space_to_depth(x, k) in NHWC order, W.reshape(O, C·prod(k)))`` — the
     "patch embedding is a linear layer" view. Whether it beats the conv
     depends on the BLAS and the shapes: :func:`pixelfold.tune` measures it.
+    ``order`` is the patch vector's layout: ``"crd"`` (channel-major, the
+    weight's own flattening) or ``"dcr"`` (pixel-major: for a
+    ``channels_last`` input the patches are then copies of contiguous runs).
+    The output is the ``(N, *out, O)`` product viewed as ``(N, O, *out)``,
+    i.e. channels-last memory.
 
     >>> patch = torch.nn.Conv2d(3, 8, 4, stride=4)
     >>> m = PatchLinear(patch)
@@ -405,9 +432,12 @@ class PatchLinear(_GatheredConv):
     True
     """
 
-    def __init__(self, conv: nn.Module) -> None:
+    def __init__(self, conv: nn.Module, order: str = "crd") -> None:
         super().__init__()
         conv = _as_conv(conv, "PatchLinear")
+        if order not in ("crd", "dcr"):
+            raise FoldError(f"PatchLinear order must be 'crd' or 'dcr', got {order!r}")
+        self.order = order
         self.spec = ConvSpec.from_module(conv)
         s = self.spec
         if (s.kernel != s.stride or any(lo or hi for lo, hi in s.padding) or any(d != 1 for d in s.dilation)
@@ -416,19 +446,23 @@ class PatchLinear(_GatheredConv):
                 f"PatchLinear needs kernel == stride, padding 0, dilation 1 and groups 1, got {s}; "
                 "use pixelfold.fold for other strided convs"
             )
-        self._setup_params(conv, lambda w: w.reshape(w.shape[0], -1), None)
+        if order == "crd":  # channel c·R + phase: the weight's own flattening
+            flatten = lambda w: w.reshape(w.shape[0], -1)  # noqa: E731
+        else:  # phase·C + c
+            flatten = lambda w: w.movedim(1, -1).reshape(w.shape[0], -1)  # noqa: E731
+        self._setup_params(conv, flatten, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.spec.dims
         k = self.spec.kernel
         out = self.spec.output_size(x.shape[2:])
         x = x[(slice(None), slice(None), *[slice(0, o * ki) for o, ki in zip(out, k)])]
-        patches = space_to_depth(x, k).movedim(1, -1)  # (N, *out, C·R)
+        patches = space_to_depth(x, k, self.order).movedim(1, -1)  # (N, *out, C·R)
         y = F.linear(patches, self.transformed_weight(), self.transformed_bias())
         return y.movedim(n + 1, 1)  # not movedim(-1, ...): the TorchScript ONNX exporter mis-writes negative dims
 
     def extra_repr(self) -> str:
-        return f"original: {self.spec}, frozen={self.frozen}"
+        return f"original: {self.spec}, order={self.order!r}, frozen={self.frozen}"
 
 
 # ---------------------------------------------------------------------------- transposed convs

@@ -165,6 +165,17 @@ def test_no_stride_on_nested_containers(unet: TinyUNet) -> None:
     e2e_close(unet, new, torch.randn(2, 3, 24, 40))  # exact on other sizes too
 
 
+def test_verify_false_applies_the_same_changes_unchecked(unet: TinyUNet) -> None:
+    x = torch.randn(1, 3, 40, 56)
+    checked, _ = rewrite(unet, "no_stride", example_inputs=x)
+    fast, report = rewrite(unet, "no_stride", example_inputs=x, verify=False)
+    assert len(report.changed) == 6 and all(e.checked_on == "unverified" and e.max_error is None
+                                            for e in report.changed)
+    assert report.end_to_end_error is None and "verify=False" in report.summary()
+    assert tree(fast) == tree(checked)
+    e2e_close(unet, fast, x)
+
+
 def test_user_model_is_not_mutated(unet: TinyUNet) -> None:
     unet.train()
     before_state, before_tree = snapshot(unet), tree(unet)

@@ -102,3 +102,14 @@ def test_tune_inplace_replaces_layers_in_the_given_model():
 def test_tune_refuses_unknown_memory_format():
     with pytest.raises(FoldError, match="memory format"):
         tune(small_net(), torch.randn(1, 3, 32, 32), memory_formats=("nhwc",), **FAST)
+
+
+def test_tune_channels_last_only_uses_it_as_the_baseline():
+    net = small_net().eval()
+    x = torch.randn(1, 3, 32, 32).to(memory_format=torch.channels_last)
+    tuned, plan = tune(net, x, memory_formats=("channels_last",), **FAST)
+    assert plan.memory_format == "channels_last" and set(plan.model_time_ms) >= {"original/channels_last"}
+    assert "original/contiguous" not in plan.model_time_ms
+    torch.testing.assert_close(tuned(x), net(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(FoldError, match="memory_formats is empty"):
+        tune(net, x, memory_formats=(), **FAST)

@@ -239,7 +239,10 @@ def tune(
         example_inputs: a tensor or tuple of tensors of the shape you will run.
         candidates: form names to try (default all: ``fold``, ``patch_linear``, ``subpixel``, ``merge``).
         device: where to measure (default: the device of ``example_inputs``).
-        memory_formats: whole-model layouts to try: ``"contiguous"`` and/or ``"channels_last"``.
+        memory_formats: whole-model layouts to try: ``"contiguous"`` and/or ``"channels_last"``; the
+            original model in the first one listed is the baseline. Layers are timed on the inputs
+            they receive from ``example_inputs`` as given (pass ``channels_last`` inputs to time
+            them in that layout).
         rounds, min_run_time: interleaved timing rounds and seconds per measurement.
         margin: a form replaces the original only if faster by more than this fraction.
         tolerance: max abs error (float64, relative to the output's magnitude) for a form to count as exact.
@@ -254,6 +257,8 @@ def tune(
         >>> [lp.path for lp in plan.layers], plan.layers[0].choice in ("original", "fold", "patch_linear")
         (['0'], True)
     """
+    if not memory_formats:
+        raise FoldError("memory_formats is empty; pass ('contiguous',) and/or 'channels_last'")
     inputs = _as_tuple(example_inputs)
     dev = torch.device(device) if device is not None else next(
         (x.device for x in inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
@@ -317,10 +322,11 @@ def tune(
             fns[f"{kind}/{fmt}"] = (lambda v=v: v(*inputs))
     with torch.no_grad():
         model_times = _time_ms(fns, rounds, max(min_run_time, 0.05))
-    base = model_times["original/contiguous"]
+    base_key = f"original/{memory_formats[0]}"
+    base = model_times[base_key]
     best_key = min(model_times, key=model_times.__getitem__)
     if model_times[best_key] > base * (1 - margin):
-        best_key = "original/contiguous"
+        best_key = base_key
     kind, fmt = best_key.split("/")
     if kind == "original":
         plans = [LayerPlan(lp.path, lp.type, lp.spec, "original", {}, lp.times_ms, lp.max_error) for lp in plans]

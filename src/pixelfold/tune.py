@@ -172,18 +172,28 @@ def _as_tuple(inputs: Any) -> tuple[Any, ...]:
     return inputs if isinstance(inputs, tuple) else (inputs,)
 
 
-def _time_ms(fns: dict[str, Callable[[], Any]], rounds: int, min_run_time: float) -> dict[str, float]:
-    """Median time of each callable, interleaved over ``rounds`` rounds."""
+def _time_ms(fns: dict[str, Callable[[], Any]], rounds: int, min_run_time: float,
+             baseline: str) -> tuple[dict[str, float], dict[str, float]]:
+    """``(median ms, ratio to baseline)`` of each callable, timed back to back in ``rounds`` rounds.
+
+    The order rotates every round; a ratio is the median of the per-round
+    ratios, so a slow phase of the machine (another process, a clock change)
+    lands on both sides of it rather than on one candidate.
+    """
     from torch.utils import benchmark  # imported here: it loads the C++ extension machinery
 
-    samples: dict[str, list[float]] = {k: [] for k in fns}
+    keys = list(fns)
+    samples: dict[str, list[float]] = {k: [] for k in keys}
     for fn in fns.values():  # warm-up
         fn()
-    for _ in range(rounds):
-        for key, fn in fns.items():
-            t = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    for r in range(rounds):
+        k = r % len(keys)
+        for key in keys[k:] + keys[:k]:
+            t = benchmark.Timer(stmt="fn()", globals={"fn": fns[key]}, num_threads=torch.get_num_threads())
             samples[key].append(t.blocked_autorange(min_run_time=min_run_time).median * 1e3)
-    return {k: statistics.median(v) for k, v in samples.items()}
+    times = {k: statistics.median(v) for k, v in samples.items()}
+    ratios = {k: statistics.median(a / b for a, b in zip(v, samples[baseline])) for k, v in samples.items()}
+    return times, ratios
 
 
 def _device_name(device: torch.device) -> str:
@@ -225,7 +235,7 @@ def tune(
     candidates: Sequence[str] | None = None,
     device: str | torch.device | None = None,
     memory_formats: Sequence[str] = ("contiguous",),
-    rounds: int = 3,
+    rounds: int = 5,
     min_run_time: float = 0.05,
     margin: float = 0.03,
     tolerance: float = 1e-8,
@@ -243,8 +253,10 @@ def tune(
             original model in the first one listed is the baseline. Layers are timed on the inputs
             they receive from ``example_inputs`` as given (pass ``channels_last`` inputs to time
             them in that layout).
-        rounds, min_run_time: interleaved timing rounds and seconds per measurement.
-        margin: a form replaces the original only if faster by more than this fraction.
+        rounds, min_run_time: timing rounds per layer (forms back to back, order rotating) and seconds
+            per measurement; the whole-model choice uses at least 5 rounds of 4 × ``min_run_time``.
+        margin: a form replaces the original only if the median of its per-round time ratios to the
+            original is below ``1 - margin``.
         tolerance: max abs error (float64, relative to the output's magnitude) for a form to count as exact.
         progress: one line per layer on stderr.
 
@@ -298,9 +310,10 @@ def tune(
                 built[label] = cand
                 options_of[label] = (name, opts)
         with torch.no_grad():
-            times = _time_ms({k: (lambda m=m: m(*args)) for k, m in built.items()}, rounds, min_run_time)
-        best = min(times, key=times.__getitem__)
-        if best != "original" and times[best] > times["original"] * (1 - margin):
+            times, ratios = _time_ms({k: (lambda m=m: m(*args)) for k, m in built.items()}, rounds, min_run_time,
+                                     "original")
+        best = min(ratios, key=ratios.__getitem__)
+        if ratios[best] > 1 - margin:
             best = "original"
         name, opts = options_of[best]
         if best != "original":
@@ -321,11 +334,12 @@ def tune(
             variants[f"{kind}/{fmt}"] = v
             fns[f"{kind}/{fmt}"] = (lambda v=v: v(*inputs))
     with torch.no_grad():
-        model_times = _time_ms(fns, rounds, max(min_run_time, 0.05))
-    base_key = f"original/{memory_formats[0]}"
+        base_key = f"original/{memory_formats[0]}"
+        # the whole model decides: more rounds than per layer, as one wrong call costs every layer's gain
+        model_times, model_ratios = _time_ms(fns, max(rounds, 5), 4 * min_run_time, base_key)
     base = model_times[base_key]
-    best_key = min(model_times, key=model_times.__getitem__)
-    if model_times[best_key] > base * (1 - margin):
+    best_key = min(model_ratios, key=model_ratios.__getitem__)
+    if model_ratios[best_key] > 1 - margin:
         best_key = base_key
     kind, fmt = best_key.split("/")
     if kind == "original":

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The pixelfold benchmark suite on CUDA: float32 and bfloat16, every case in NCHW and channels_last,
+# torch.backends.cudnn.benchmark on, timings synchronised by torch.utils.benchmark (tune group without
+# torch.compile: compiling 5 models would not fit). About 2-4 minutes.
+#
+#   benchmarks/gpu.sh [OUT_DIR]        OUT_DIR defaults to $OUT if set, else benchmarks/results
+#
+# Writes OUT_DIR/cuda.{md,json,png} (float32), OUT_DIR/cuda-bf16.{md,json,png}, the logs, and gpu.txt
+# (torch.cuda.get_device_name and nvidia-smi). The card's name is also in the header of each table.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+OUT_DIR="${1:-${OUT:-benchmarks/results}}"
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+export MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
+# Per dtype: 3 interleaved rounds of 0.05 s per form keep the suite well under the 5-minute budget.
+ROUNDS="${BENCH_ROUNDS:-3}"
+MIN_RUN_TIME="${BENCH_MIN_RUN_TIME:-0.05}"
+LIMIT_S="${BENCH_LIMIT_S:-140}"
+mkdir -p "$OUT_DIR"
+
+"$PYTHON" - > "$OUT_DIR/gpu.txt" <<'PY' || { cat "$OUT_DIR/gpu.txt"; echo "gpu.sh: no usable CUDA device" >&2; exit 2; }
+import torch
+assert torch.cuda.is_available(), "torch.cuda.is_available() is False"
+print("device:", torch.cuda.get_device_name(0))
+print("capability:", torch.cuda.get_device_capability(0))
+print("torch:", torch.__version__, "CUDA:", torch.version.cuda, "cuDNN:", torch.backends.cudnn.version())
+PY
+nvidia-smi >> "$OUT_DIR/gpu.txt" 2>&1 || true
+cat "$OUT_DIR/gpu.txt"
+
+status=0
+for dtype in float32 bfloat16; do
+    log="$OUT_DIR/cuda-$dtype.log"
+    echo "== $dtype ==" | tee "$log"
+    timeout "$LIMIT_S" "$PYTHON" -m pixelfold.bench --device cuda --dtype "$dtype" --rounds "$ROUNDS" \
+        --min-run-time "$MIN_RUN_TIME" --no-compile --out "$OUT_DIR" 2>&1 | tee -a "$log"
+    rc=${PIPESTATUS[0]}
+    if [ "$rc" -ne 0 ]; then
+        echo "gpu.sh: $dtype run exited with $rc (124 = over ${LIMIT_S}s)" | tee -a "$log" >&2
+        status=$rc
+    fi
+done
+ls -l "$OUT_DIR"
+exit $status

@@ -1,0 +1,80 @@
+"""Smoke test of the benchmark suite: the quick mode runs in-process, writes its files, and every form agrees
+with the original. Correctness only: no assertion here depends on a timing."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from pixelfold import bench
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    results = bench.run(quick=True, threads=1, out=out, rounds=1, min_run_time=0.002)
+    return out, results, bench.run.last_info
+
+
+def test_quick_run_writes_tables_json_and_chart(quick_run):
+    out, results, _ = quick_run
+    for ext in ("md", "json", "png"):
+        path = out / f"cpu.{ext}"
+        assert path.is_file() and path.stat().st_size > 0, path
+    assert (out / "cpu.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "cpu.md").read_text()
+    assert f"torch {torch.__version__}" in md and "MALLOC_MMAP_MAX_" in md and "torch threads 1" in md
+    for group in {r.group for r in results}:
+        assert group in {g.key for g in bench.GROUPS}
+    data = json.loads((out / "cpu.json").read_text())
+    assert len(data["results"]) == len(results)
+    assert data["meta"]["threads"] == 1 and data["meta"]["quick"] is True
+
+
+def test_quick_run_every_form_matches_the_original(quick_run):
+    _, results, _ = quick_run
+    assert len(results) >= 30
+    assert {"seed", "stems", "patchify", "focus", "transposed", "rearrange", "transforms", "rewrite"} <= {
+        r.group for r in results}
+    for r in results:
+        assert r.status == "ok", (r.case, r.form, r.note)
+        assert r.max_err <= 1e-4 * max(1.0, r.ref_max), (r.case, r.form, r.max_err, r.ref_max)
+        assert r.time_ms > 0 and r.runs > 0 and len(r.rounds_ms) == 1
+        assert not math.isnan(r.ratio)
+    exact = [r for r in results if r.group == "rearrange"]
+    assert exact and all(r.max_err == 0 for r in exact)  # rearrangements move values: bit-exact
+
+
+def test_quick_run_reports_the_rearrangement_targets(quick_run):
+    _, results, _ = quick_run
+    rows = bench.targets(results)
+    kinds = {t["target"] for t in rows}
+    assert any("NCHW" in k for k in kinds) and any("channels_last" in k for k in kinds)
+    assert all(t["ratio"] > 0 for t in rows)
+
+
+@pytest.mark.slow
+def test_tune_group_runs_on_a_timm_model():
+    """(slow: tunes a timm model) the tune group compares tune() with the original in both layouts."""
+    pytest.importorskip("timm")
+    results = bench.run(cases=["tune"], quick=True, threads=1, rounds=1, min_run_time=0.001, compile=False)
+    assert {r.form for r in results} == {"original", "tune()"}
+    assert {r.layout for r in results} == {"NCHW", "channels_last"}
+    assert all(r.status == "ok" and r.max_err <= 1e-4 * max(1.0, r.ref_max) for r in results)
+    assert {t["target"].split(":")[0] for t in bench.targets(results)} == {"resnet50"}
+
+
+def test_unknown_group_and_list(capsys):
+    with pytest.raises(ValueError, match="unknown case group"):
+        bench.run(cases=["nope"], quick=True)
+    assert bench.main(["--list"]) == 0
+    assert "rearrange" in capsys.readouterr().out
+
+
+def test_paired_ratio_uses_rounds():
+    a = bench.Result("g", "c", "a", "NCHW", rounds_ms=[2.0, 4.0, 3.0])
+    b = bench.Result("g", "c", "b", "NCHW", rounds_ms=[1.0, 2.0, 1.0])
+    assert bench.paired_ratio(a, b) == 2.0

@@ -93,6 +93,7 @@ class Case:
     name: str
     forms: list[Form]
     note: str = ""
+    min_run_time: float | None = None  # per measurement, when longer than the suite's (whole models)
 
 
 @dataclass
@@ -111,6 +112,7 @@ class Result:
     ref_max: float = math.nan  # max |reference|, the scale of max_err
     status: str = "ok"  # ok | error | skipped
     note: str = ""
+    case_note: str = ""
     rounds_ms: list[float] = field(default_factory=list)
     runs: int = 0
 
@@ -575,7 +577,7 @@ def _tune_cases(ctx: Context) -> list[Case]:
         import timm
     except ImportError as e:
         raise SkipCase(f"timm is not installed ({e})") from None
-    from .tune import tune
+    from .tune import _label, tune
 
     models = TUNE_MODELS[:1] if ctx.quick else TUNE_MODELS
     n = ctx.n(1, 1)
@@ -592,15 +594,23 @@ def _tune_cases(ctx: Context) -> list[Case]:
             base = _module_layout(copy.deepcopy(model), layout)
             tuned, plan = tune(model, xin, memory_formats=(fmt,), rounds=3 if ctx.quick else 5,
                                min_run_time=0.01 if ctx.quick else 0.1, progress=False)
-            picks = [f"{lp.path} → {lp.choice}{'(' + str(lp.options.get('block', '')) + ')' if lp.options else ''}"
-                     for lp in plan.layers if lp.choice != "original"]
-            notes.append(f"{layout}: {', '.join(picks) or 'every layer kept'}")
+            picks = [f"{lp.path} → {_label(lp.choice, lp.options)}" for lp in plan.layers if lp.choice != "original"]
+            faster = []
+            for lp in plan.layers:
+                fastest = min(lp.times_ms, key=lp.times_ms.__getitem__)
+                if fastest != "original" and lp.times_ms[fastest] < 0.97 * lp.times_ms["original"]:
+                    faster.append(f"{lp.path} {fastest} {lp.times_ms[fastest] / lp.times_ms['original']:.2f}×")
+            notes.append(f"{layout}: {len(plan.layers)} layers timed; faster alone: {', '.join(faster) or 'none'}; "
+                         f"kept: {', '.join(picks) or 'the original'}")
             forms.append(Form("original", base, xin, layout))
-            forms.append(Form("tune()", tuned.eval(), xin, layout, note=f"{len(picks)} layer(s) changed"))
+            forms.append(Form("tune()", tuned.eval(), xin, layout,
+                              note=f"kept: {', '.join(picks)}" if picks else "kept the original (every layer)"))
             if layout == "NCHW" and ctx.compile:
                 forms.append(Form("torch.compile(original)", _compiled(base), xin, "NCHW, compiled"))
                 forms.append(Form("torch.compile(tune())", _compiled(tuned), xin, "NCHW, compiled"))
-        cases.append(Case("tune", f"{name} at {n}×3×{hw}²", forms, note="; ".join(notes)))
+        # ~100 ms per call: 1 s per measurement (about 10 calls) keeps identical models within ~2 % here
+        cases.append(Case("tune", f"{name} at {n}×3×{hw}²", forms, note="; ".join(notes),
+                          min_run_time=None if ctx.quick else 1.0))
     return cases
 
 
@@ -701,7 +711,7 @@ def _measure_case(case: Case, ctx: Context, threads: int, rounds: int, min_run_t
                   log: Callable[[str], None]) -> list[Result]:
     from torch.utils.benchmark import Timer
 
-    results = [Result(case.group, case.name, f.name, f.layout, note=f.note) for f in case.forms]
+    results = [Result(case.group, case.name, f.name, f.layout, note=f.note, case_note=case.note) for f in case.forms]
     # verify (this is also the first warm-up)
     reference: torch.Tensor | None = None
     with torch.no_grad():
@@ -731,7 +741,7 @@ def _measure_case(case: Case, ctx: Context, threads: int, rounds: int, min_run_t
             for i in live[k:] + live[:k]:
                 f = case.forms[i]
                 timer = Timer("fn(x)", globals={"fn": f.fn, "x": f.arg}, num_threads=threads)
-                m = timer.blocked_autorange(min_run_time=min_run_time)
+                m = timer.blocked_autorange(min_run_time=max(min_run_time, case.min_run_time or 0.0))
                 per_round[i].append(m.median * 1e3)
                 runs[i].extend(t * 1e3 for t in m.times)
     first = live[0] if live and live[0] == 0 else None
@@ -1069,6 +1079,9 @@ def render_markdown(results: Sequence[Result], info: dict[str, Any]) -> str:
             row += f" {_fmt_err(r.max_err)} | {note.replace('|', '/')} |"
             lines.append(row)
         lines.append("")
+        case_notes = dict.fromkeys((r.case, r.case_note) for r in rs if r.case_note)
+        if case_notes:
+            lines += [f"- *{case}*: {note}" for case, note in case_notes] + [""]
     for key, why in info.get("skipped", {}).items():
         if key not in seen:
             g = by_group.get(key)

@@ -129,7 +129,7 @@ def tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", metavar="FILE.json", default="plan.json", help="where to write the plan "
                    "(default: plan.json)")
     p.add_argument("--channels-last", action="store_true", help="also try the whole model in channels_last")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default: 3)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per layer (default: 5)")
     p.add_argument("--min-run-time", type=float, default=0.05, metavar="SEC",
                    help="seconds per measurement (default: 0.05)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

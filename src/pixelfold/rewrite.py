@@ -239,15 +239,10 @@ def _hidden_spec(module: nn.Module) -> ConvSpec | None:
 
 def _spec_of(module: nn.Module) -> ConvSpec | None:
     """The conv spec a rule's predicate sees for ``module`` (None if it is not conv-like)."""
-    spec = getattr(module, "spec", None)
-    if isinstance(spec, ConvSpec):
-        return spec
-    if isinstance(module, nn.modules.conv._ConvNd):
-        try:
-            return ConvSpec.from_module(module)
-        except FoldError:
-            return None
-    return _hidden_spec(module)
+    spec = V.unit_spec(module)
+    if spec is None and not isinstance(module, nn.modules.conv._ConvNd):
+        return _hidden_spec(module)
+    return spec
 
 
 def _is_conv_like(module: nn.Module) -> bool:

@@ -39,6 +39,7 @@ __all__ = [
     "capture_calls",
     "compare_modules",
     "check_layer",
+    "unit_spec",
     "random_inputs",
     "output_error",
     "flatten_outputs",
@@ -240,7 +241,7 @@ def capture_inputs(model: nn.Module, example_inputs: Any, names: Sequence[str]) 
 
 
 # ---------------------------------------------------------------------------- random inputs
-def _unit_spec(module: nn.Module) -> ConvSpec | None:
+def unit_spec(module: nn.Module) -> ConvSpec | None:
     """Spec of a conv-like module (a plain or subclassed ``nn.ConvNd``, or a pixelfold module)."""
     spec = getattr(module, "spec", None)
     if isinstance(spec, ConvSpec):  # PhaseConv, SubpixelConvTranspose, ...
@@ -280,22 +281,22 @@ def random_inputs(module: nn.Module, sizes: Sequence[int] = (0, 1), seed: int = 
 
     upscale: tuple[int, ...] | None = None
     channels_div = 1
-    found = _unit_spec(module)
+    found = unit_spec(module)
     if found is None and isinstance(module, nn.Sequential) and len(module) == 2:
         first, second = module[0], module[1]
         if isinstance(first, (SpaceToDepth, nn.PixelUnshuffle)):
-            found = _unit_spec(second)
+            found = unit_spec(second)
             block = first.block if isinstance(first, SpaceToDepth) else first.downscale_factor
             if found is not None:
                 n = found.dims
                 upscale = tuple(block) if not isinstance(block, int) else (block,) * n
                 channels_div = math.prod(upscale)
         elif isinstance(second, (DepthToSpace, nn.PixelShuffle, nn.Identity)):
-            found = _unit_spec(first)
+            found = unit_spec(first)
     if found is None and type(module).__name__ == "Focus" and hasattr(module, "conv"):
         inner = module.conv
         conv = inner if isinstance(inner, nn.modules.conv._ConvNd) else getattr(inner, "conv", None)
-        found = _unit_spec(conv) if conv is not None else None
+        found = unit_spec(conv) if conv is not None else None
         if found is not None:
             upscale = (2,) * found.dims
             channels_div = math.prod(upscale)

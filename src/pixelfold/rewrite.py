@@ -120,7 +120,13 @@ def _describe(module: nn.Module | None) -> str:
         parts = []
         if isinstance(module, SamePadPhaseConv):
             parts.append("pad same")
-        if math.prod(module.in_block) > 1:
+        if module.live_phases is not None and len(module.live_phases) == 1:  # one phase read: a strided slice
+            start = module.live_phases[0]
+            parts.append("x[" + ", ".join(f"{o}::{b}" for o, b in zip(start, module.in_block)) + "]")
+        elif module.live_phases is not None:
+            parts.append(f"s2d {_fmt(module.in_block)} ({len(module.live_phases)} of "
+                         f"{math.prod(module.in_block)} phases)")
+        elif math.prod(module.in_block) > 1:
             parts.append(f"s2d {_fmt(module.in_block)}")
         parts.append(str(module.inner))
         if math.prod(module.out_block) > 1:

@@ -213,11 +213,6 @@ def _conv_forms(
     return forms
 
 
-def _frozen(m: nn.Module) -> nn.Module:
-    freeze = getattr(m, "freeze", None)
-    return freeze() if callable(freeze) else m
-
-
 # ---------------------------------------------------------------------------- case groups
 def _seed_cases(ctx: Context) -> list[Case]:
     import pixelfold
@@ -770,26 +765,6 @@ def paired_ratio(a: Result, b: Result) -> float:
 
 
 # ---------------------------------------------------------------------------- environment
-def _cpu_model() -> str:
-    """``model name`` from /proc/cpuinfo, with the family/model numbers (VMs often hide the full name)."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("model name", "cpu family", "model") and key not in fields:
-                    fields[key] = value.strip()
-                if not line.strip() and fields:
-                    break
-    except OSError:
-        pass
-    name = fields.get("model name") or platform.processor() or platform.machine()
-    if "cpu family" in fields and "model" in fields:
-        name += f" (family {fields['cpu family']}, model {fields['model']})"
-    return name
-
-
 def apply_mallopt() -> str:
     """Set glibc's malloc like ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=...`` in this process.
 
@@ -811,10 +786,12 @@ def apply_mallopt() -> str:
 
 def machine_info(device: torch.device, dtype: torch.dtype, threads: int, malloc: str | None = None) -> dict[str, Any]:
     """What the header of the results states."""
+    from .tune import cpu_name
+
     env = {k: os.environ.get(k) for k in MALLOC_ENV}
     info: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": _cpu_model(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "threads": threads,
         "torch": torch.__version__,

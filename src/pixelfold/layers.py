@@ -322,7 +322,8 @@ class PhaseConv(_GatheredConv):
         out = self.spec.output_size(spatial)
         if any(o < 1 for o in out):
             raise FoldError(
-                f"input of spatial size {tuple(spatial)} is too small for {self.spec} (output would be {out})"
+                f"input of spatial size {tuple(spatial)} is too small for {self.spec} (output would be {out}); "
+                "the original conv rejects it too: pass a larger input"
             )
         extra = []
         for L, (lo, hi), n_out, s2, Q, B, b in zip(spatial, self.spec.padding, out, self.inner.stride,
@@ -750,7 +751,8 @@ def icnr_(
     b = check_block(block, n)
     R = math.prod(b)
     if weight.shape[0] % R:
-        raise FoldError(f"weight has {weight.shape[0]} output channels, not divisible by prod(block) = {R}")
+        raise FoldError(f"weight has {weight.shape[0]} output channels, not divisible by prod(block) = {R}; "
+                        "pass the block of the depth_to_space that follows the conv")
     sub = torch.empty(weight.shape[0] // R, *weight.shape[1:], dtype=weight.dtype, device=weight.device)
     init(sub)
     full = sub.repeat_interleave(R, 0)  # crd grouping

@@ -202,7 +202,8 @@ def depth_to_space(x: torch.Tensor, block: int | Sequence[int], order: str = "cr
     R = math.prod(b)
     if CR % R:
         raise FoldError(
-            f"depth_to_space needs channels divisible by prod(block) = {R} (block {b}), got {CR} channels"
+            f"depth_to_space needs channels divisible by prod(block) = {R} (block {b}), got {CR} channels; "
+            f"use a block whose product divides {CR}"
         )
     C = CR // R
     axes = _channel_axes(n, order)

@@ -785,7 +785,8 @@ def _build_single(rule: Rule, module: nn.Module, spec: ConvSpec | None) -> tuple
         if rule.same_pad and _is_timm_conv2d_same(module):
             for i, (s, b) in enumerate(zip(spec.stride, block)):
                 if s % b:
-                    raise FoldError(f"stride {s} is not divisible by block {b} in dim {i}")
+                    raise FoldError(f"stride {s} is not divisible by block {b} in dim {i}; use transform='polyphase' "
+                                     f"(any stride) or a block that divides {s}")
             return SamePadPhaseConv(module, block, None, rule.order), "fold+same_pad"
         try:
             return fold(module, block, rule.order), "fold"

@@ -464,25 +464,28 @@ def transposed_weight(
     ((8, 4, 6, 6), 'ConvTranspose2d 8→4 k6×6 s2×2 p2×2')
     """
     if spec.transposed:
-        raise FoldError("transposed takes a (stride-1) convolution followed by depth_to_space")
+        raise FoldError("transposed takes a (stride-1) convolution followed by depth_to_space; this one is already "
+                        "a transposed convolution")
     blk = check_block(block, spec.dims)
     R = math.prod(blk)
     if spec.out_channels % (R * spec.groups):
         raise FoldError(
-            f"out_channels {spec.out_channels} is not divisible by prod(block) * groups = {R * spec.groups}"
+            f"out_channels {spec.out_channels} is not divisible by prod(block) * groups = {R * spec.groups}; "
+            "pass the block of the depth_to_space that follows the conv"
         )
     if any(s != 1 for s in spec.stride) or any(d != 1 for d in spec.dilation):
         raise FoldError(
             f"transposed needs a conv with stride 1 and dilation 1, got stride {spec.stride}, "
-            f"dilation {spec.dilation}"
+            f"dilation {spec.dilation}: no single transposed conv equals it; keep the conv + depth_to_space"
         )
     if spec.padding_mode != "zeros":
-        raise FoldError(f"transposed needs padding_mode='zeros', got {spec.padding_mode!r}")
+        raise FoldError(f"transposed needs padding_mode='zeros', got {spec.padding_mode!r} (a transposed conv "
+                        "pads only with zeros); keep the conv + depth_to_space")
     for i, ((lo, hi), k) in enumerate(zip(spec.padding, spec.kernel)):
         if lo != hi or lo > k - 1:
             raise FoldError(
                 f"padding ({lo}, {hi}) in dim {i} cannot become a transposed conv's padding: it must be equal "
-                f"on both sides and at most kernel-1 = {k - 1}"
+                f"on both sides and at most kernel-1 = {k - 1}; keep the conv + depth_to_space"
             )
     O = spec.out_channels // R
     # weight in crd order: (O*R, C/g, *K) -> (O, R..., C/g, *K)
@@ -492,7 +495,7 @@ def transposed_weight(
         if not torch.equal(b_crd, b_crd[:, :1].expand(O, R)):
             raise FoldError(
                 "the conv's bias differs between the phases of one output channel, which no transposed conv "
-                "can express (its bias is one value per channel)"
+                "can express (its bias is one value per channel); keep the conv + depth_to_space"
             )
         bias = b_crd[:, 0].clone()
     # Inverse of subpixel_weight with p_t = (k-1-p)*b: W_dense[r + (k-1-kk)*b] = V[phase r][kk].

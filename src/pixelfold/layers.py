@@ -384,12 +384,7 @@ def fold(conv: nn.Module, block: int | Sequence[int], order: str = "crd") -> Pha
     conv = _as_conv(conv, "fold")
     spec = ConvSpec.from_module(conv)
     b = check_block(block, spec.dims)
-    for i, (s, bi) in enumerate(zip(spec.stride, b)):
-        if s % bi:
-            raise FoldError(
-                f"stride {s} is not divisible by block {bi} in dim {i}; use pixelfold.polyphase "
-                f"(any stride) or a block that divides {s}"
-            )
+    T.check_stride_divisible(spec.stride, b)
     return PhaseConv(conv, b, (1,) * spec.dims, order)
 
 

@@ -71,6 +71,7 @@ from .layers import (
 )
 from .rearrange import check_block
 from .spec import ConvSpec
+from .transforms import check_stride_divisible
 
 __all__ = [
     "Rule",
@@ -783,10 +784,7 @@ def _build_single(rule: Rule, module: nn.Module, spec: ConvSpec | None) -> tuple
     if name == "fold":
         block = _resolve_block(rule.block, spec, spec.stride)
         if rule.same_pad and _is_timm_conv2d_same(module):
-            for i, (s, b) in enumerate(zip(spec.stride, block)):
-                if s % b:
-                    raise FoldError(f"stride {s} is not divisible by block {b} in dim {i}; use transform='polyphase' "
-                                     f"(any stride) or a block that divides {s}")
+            check_stride_divisible(spec.stride, block)
             return SamePadPhaseConv(module, block, None, rule.order), "fold+same_pad"
         try:
             return fold(module, block, rule.order), "fold"

@@ -172,6 +172,23 @@ def phase_bias(bias: torch.Tensor, block: Sequence[int], order: str = "crd") -> 
     return _permute_out(bias.repeat_interleave(math.prod(block)), block, order)
 
 
+def check_stride_divisible(stride: Sequence[int], block: Sequence[int]) -> None:
+    """Raise :class:`FoldError` unless ``block`` divides ``stride`` in every dim (what fold/to_depth need).
+
+    >>> check_stride_divisible((2, 2), (2, 1))
+    >>> check_stride_divisible((3,), (2,))
+    Traceback (most recent call last):
+    ...
+    pixelfold.errors.FoldError: stride 3 is not divisible by block 2 in dim 0; use pixelfold.polyphase (any stride) or a block that divides 3
+    """
+    for i, (s, b) in enumerate(zip(stride, block)):
+        if s % b:
+            raise FoldError(
+                f"stride {s} is not divisible by block {b} in dim {i}; use pixelfold.polyphase "
+                f"(any stride) or a block that divides {s}"
+            )
+
+
 def _unsupported_mode(spec: ConvSpec, what: str, allowed: tuple[str, ...]) -> None:
     if spec.padding_mode not in allowed:
         raise FoldError(
@@ -236,12 +253,8 @@ def to_depth_weight(
     b = check_block(block, spec.dims)
     R = math.prod(b)
     _unsupported_mode(spec, "to_depth", ("zeros", "circular"))
-    for i, (s, (lo, hi), bi) in enumerate(zip(spec.stride, spec.padding, b)):
-        if s % bi:
-            raise FoldError(
-                f"stride {s} is not divisible by block {bi} in dim {i}; use pixelfold.polyphase "
-                f"(any stride) or a block that divides {s}"
-            )
+    check_stride_divisible(spec.stride, b)
+    for i, ((lo, hi), bi) in enumerate(zip(spec.padding, b)):
         if lo % bi or hi % bi:
             raise FoldError(
                 f"padding ({lo}, {hi}) is not divisible by block {bi} in dim {i}; use pixelfold.fold, "

@@ -32,8 +32,9 @@ from torch import nn
 
 from . import transforms as T
 from .errors import FoldError
+from .guards import readable_problem
 from .rearrange import check_block, depth_to_space, phase_permutation, space_to_depth
-from .spec import ConvSpec, build_module
+from .spec import ConvSpec, build_module, empty_module
 
 __all__ = [
     "SpaceToDepth",
@@ -55,16 +56,12 @@ __all__ = [
 _CONV_FN: dict[int, Callable[..., torch.Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-def _as_conv(module: nn.Module, what: str) -> nn.modules.conv._ConvNd:
-    if not isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        raise FoldError(f"{what} takes an nn.Conv1d/2d/3d, got {type(module).__name__}")
-    if type(module) not in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
-        raise FoldError(
-            f"{what}: {type(module).__name__} subclasses nn.Conv and may change its forward (e.g. timm's "
-            "Conv2dSame pads in forward, StdConv2d standardises its weight); pixelfold does not rewrite it "
-            "from its attributes. Convert it to a plain conv first if its forward is the standard one"
-        )
-    return module
+def _as_conv(module: nn.Module, what: str, transposed: bool = False) -> nn.modules.conv._ConvNd:
+    """``module`` if it is a plain conv (transposed conv) whose attributes say what it computes; else FoldError."""
+    problem = readable_problem(module, what, transposed)
+    if problem is not None:
+        raise FoldError(problem)
+    return module  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------- rearrangement modules
@@ -143,29 +140,122 @@ def _apply_map(source: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return flat[index]
 
 
+#: Largest transformed weight (bytes) a pixelfold module builds; above it the constructor raises FoldError with the
+#: numbers and smaller blocks that fit (a form that big is almost always a mistake: polyphase(Conv2d(64, 64, 3), 16)
+#: would be a 16384→16384 conv). Raise it if you really mean it.
+MAX_FORM_BYTES = 2**30
+
+# Buffers computed from the spec and the weight: not saved by torch.save / pickle, rebuilt on load.
+_DERIVED_BUFFERS = ("weight_index", "bias_index", "in_perm", "out_perm", "frozen_weight", "frozen_bias")
+
+
+def _rebake_after_load(module: nn.Module, incompatible_keys: object) -> None:
+    """``load_state_dict`` post-hook: a frozen module re-bakes from the weights just loaded."""
+    if getattr(module, "frozen", False):
+        module._bake()  # type: ignore[operator]
+
+
+def _traced() -> bool:
+    """True while torch.compile / torch.export / torch.jit.trace is recording (no Python-side state checks then)."""
+    compiler = getattr(torch, "compiler", None)
+    for name in ("is_compiling", "is_exporting"):
+        fn = getattr(compiler, name, None)
+        if fn is not None and fn():
+            return True
+    return bool(torch.jit.is_tracing() or torch.jit.is_scripting())
+
+
+def _check_form_size(inner: ConvSpec, weight: torch.Tensor | None, hint: Callable[[], str]) -> None:
+    """Refuse a form whose inner weight would exceed :data:`MAX_FORM_BYTES` (with the numbers and what fits)."""
+    numel = math.prod(inner.weight_shape())
+    itemsize = weight.element_size() if weight is not None else 4
+    if numel * itemsize > MAX_FORM_BYTES:
+        alternatives = hint()
+        raise FoldError(
+            f"the form's inner conv would be {inner} with {numel:,} weights ({numel * itemsize / 2**30:.1f} GiB, "
+            f"above pixelfold.layers.MAX_FORM_BYTES = {MAX_FORM_BYTES / 2**30:.1f} GiB); use a smaller block"
+            + (f" ({alternatives})" if alternatives else "")
+            + ", or raise pixelfold.layers.MAX_FORM_BYTES if you mean it"
+        )
+
+
 class _GatheredConv(nn.Module):
-    """Shared machinery: original weight/bias Parameters + precomputed gather maps."""
+    """Shared machinery: the original weight/bias Parameters + gather maps computed from the spec.
+
+    The maps are derived data: they are rebuilt when the module is unpickled (``torch.save`` of a model
+    stores the Parameters, not the maps), a frozen module re-bakes after ``load_state_dict`` and when its
+    Parameters were changed in place (an optimizer step), and a frozen module in training mode with grad
+    enabled computes the weight live, so training a frozen model still trains the original weights.
+    """
 
     weight: nn.Parameter
     bias: nn.Parameter | None
+    frozen: bool = False
 
-    def _setup_params(self, source: nn.Module, weight_fn: Callable[[torch.Tensor], torch.Tensor] | None,
-                      bias_fn: Callable[[torch.Tensor], torch.Tensor] | None,
-                      weight_index: torch.Tensor | None = None) -> None:
-        """Share ``source``'s weight/bias Parameters; ``weight_index`` (or ``weight_fn`` run on a probe) maps them."""
+    def _share_params(self, source: nn.Module) -> None:
+        """Hold ``source``'s weight/bias Parameters (the same objects) and build the gather maps."""
         self.weight = source.weight  # type: ignore[assignment]
         self.bias = source.bias  # type: ignore[assignment]
-        if weight_index is None:
-            assert weight_fn is not None
-            weight_index = _index_map(weight_fn, self.weight.shape)
-        # int64 (the probes may be int32): ONNX's Gather/GatherND take int64 indices only
-        self.register_buffer("weight_index", weight_index.to(self.weight.device, torch.long), persistent=False)
-        if self.bias is not None and bias_fn is not None:
-            self.register_buffer("bias_index", _index_map(bias_fn, self.bias.shape).to(self.bias.device, torch.long),
-                                 persistent=False)
-        else:
-            self.bias_index = None
         self.frozen = False
+        self.register_load_state_dict_post_hook(_rebake_after_load)
+        self._build_maps()
+
+    def _build_maps(self) -> None:
+        """Register ``weight_index`` (and ``bias_index``, or set it to ``None``); subclasses implement it."""
+        raise NotImplementedError
+
+    def _register_map(self, name: str, index: torch.Tensor | None) -> None:
+        # int64 (the probes may be int32): ONNX's Gather/GatherND take int64 indices only
+        if index is None:
+            if name in self._buffers:
+                del self._buffers[name]
+            setattr(self, name, None)
+            return
+        self.register_buffer(name, index.to(self.weight.device, torch.long), persistent=False)
+
+    def _gather_weight(self) -> torch.Tensor:
+        return _apply_map(self.weight, self.weight_index)
+
+    def _gather_bias(self) -> torch.Tensor | None:
+        if self.bias is None or self.bias_index is None:
+            return self.bias
+        return _apply_map(self.bias, self.bias_index)
+
+    def _versions(self) -> tuple[int, ...]:
+        return tuple(t._version for t in (self.weight, self.bias) if t is not None)
+
+    def _use_frozen(self) -> bool:
+        """Whether forward reads the baked buffers: frozen, not training with grad, and (eagerly) not stale."""
+        if not self.frozen:
+            return False
+        if self.training and torch.is_grad_enabled():
+            return False  # training a frozen model: compute live so the original weights get their gradients
+        if not _traced() and getattr(self, "_baked_versions", None) != self._versions():
+            self._bake()  # weight/bias changed in place (optimizer step, copy_) since freeze(): re-bake
+        return True
+
+    @property
+    def weight_numel(self) -> int:
+        """Number of entries of the transformed (inner) weight."""
+        return int(self.weight_index.numel())
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state["_buffers"] = {k: v for k, v in self._buffers.items() if k not in _DERIVED_BUFFERS}
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        super().__setstate__(state)
+        self._build_maps()
+        if self.frozen:
+            self._bake()
+
+    def __deepcopy__(self, memo: dict[int, object]) -> "_GatheredConv":
+        # copies the maps too (a deep copy is not a save: rebuilding them each time would only cost time)
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        nn.Module.__setstate__(new, copy.deepcopy(self.__dict__, memo))
+        return new
 
     # The original layer's attributes, read-only, so model code that inspects them keeps working.
     spec: ConvSpec
@@ -211,31 +301,34 @@ class _GatheredConv(nn.Module):
         return self.spec.transposed
 
     def transformed_weight(self) -> torch.Tensor:
-        """The inner conv's weight, computed from the original ``weight``."""
-        if self.frozen:
+        """The inner conv's weight, computed from the original ``weight`` (or baked, when frozen)."""
+        if self._use_frozen():
             return self.frozen_weight
-        return _apply_map(self.weight, self.weight_index)
+        return self._gather_weight()
 
     def transformed_bias(self) -> torch.Tensor | None:
         """The inner conv's bias (``None`` without bias)."""
         if self.bias is None:
             return None
-        if self.frozen:
+        if self._use_frozen():
             return self.frozen_bias
-        if self.bias_index is None:
-            return self.bias
-        return _apply_map(self.bias, self.bias_index)
+        return self._gather_bias()
 
     @torch.no_grad()
+    def _bake(self) -> None:
+        self.register_buffer("frozen_weight", self._gather_weight().detach().clone(), persistent=False)
+        bias = self._gather_bias() if self.bias is not None else None
+        self.register_buffer("frozen_bias", None if bias is None else bias.detach().clone(), persistent=False)
+        self._baked_versions = self._versions()
+
     def freeze(self) -> "_GatheredConv":
         """Bake the transformed weight into buffers (for inference); returns ``self``.
 
-        Later changes to ``weight`` are not seen until :meth:`unfreeze`.
+        The baked weight follows the original Parameters: it is rebuilt after ``load_state_dict`` and
+        after in-place changes (an optimizer step), and not used in training mode with grad enabled
+        (so a frozen model still trains). :meth:`unfreeze` goes back to gathering in every forward.
         """
-        self.frozen = False
-        self.register_buffer("frozen_weight", self.transformed_weight().detach().clone(), persistent=False)
-        bias = self.transformed_bias()
-        self.register_buffer("frozen_bias", None if bias is None else bias.detach().clone(), persistent=False)
+        self._bake()
         self.frozen = True
         return self
 
@@ -265,22 +358,17 @@ class PhaseConv(_GatheredConv):
         self.in_block = check_block(in_block, n)
         self.out_block = check_block(out_block, n)
         self.order = order
-        index, self.inner, self.live_phases = self._phase_index()
-        self._setup_params(
-            conv, None,
-            (lambda b: T.phase_bias(b, self.out_block, order)) if math.prod(self.out_block) > 1 else None,
-            weight_index=index,
-        )
+        self._share_params(conv)
 
-    def _phase_index(self) -> tuple[torch.Tensor, ConvSpec, list[tuple[int, ...]] | None]:
-        """The inner weight's gather map, the inner spec, and the input phases read (``None``: all).
+    def _build_maps(self) -> None:
+        """The inner weight's gather map, the inner spec, and the input phases read (``live_phases``, ``None``: all).
 
-        The map moves every ``(o, c)`` kernel the same way, so the spatial part
-        is computed once on a ``(1, 1, *K)`` probe (``S[j, u, q]``: which tap of
-        the kernel output phase ``j`` reads from input phase ``u`` at ``q``)
-        and broadcast over the channels: milliseconds even for ResNet-50's
-        2048×1024 downsample conv. Input phases no tap reads (a kernel
-        smaller than the block, e.g. 1×1/2) are left out of the map and not
+        The map moves every ``(o, c)`` kernel the same way, so only its spatial part is stored:
+        ``weight_index[j, u, *q]`` is which tap of the kernel (1-based, 0 = a zero tap) output phase ``j``
+        reads from input phase ``u`` at inner tap ``q``, computed on a ``(1, 1, *K)`` probe. It does not
+        grow with the channels (a 2048×1024 conv has the same map as a 1×1 one); ``forward`` gathers every
+        kernel with it and reorders channels with two small permutations for ``dcr``/``focus``. Input
+        phases no tap reads (a kernel smaller than the block, e.g. 1×1/2) are left out of the map and not
         gathered in ``forward`` (``crd`` only: the stack of slices yields that order).
         """
         spec, order = self.spec, self.order
@@ -296,19 +384,61 @@ class PhaseConv(_GatheredConv):
             S = S[:, keep]
             phases = [tuple(int(v) for v in torch.unravel_index(p, tuple(self.in_block))) for p in keep]
         R_kept = S.shape[1]
-        dtype = torch.int32 if O * Cg * math.prod(K) < 2**31 - 1 else torch.int64
-        ones = [1] * len(Q)
-        base = (torch.arange(O, dtype=dtype).view(O, 1, 1, 1, *ones) * Cg
-                + torch.arange(Cg, dtype=dtype).view(1, 1, Cg, 1, *ones)) * math.prod(K)
-        taps = S.to(dtype).view(1, R_out, 1, R_kept, *Q)
-        index = torch.where(taps != 0, base + taps, 0).reshape(O * R_out, Cg * R_kept, *Q)
+        self.inner = inner.replace(in_channels=spec.in_channels * R_kept, out_channels=spec.out_channels * R_out,
+                                   groups=spec.groups)
+        _check_form_size(self.inner, self.weight, self._size_hint)
+        self.live_phases = phases
+        self._register_map("weight_index", S)
+        in_perm = out_perm = None
         if order != "crd":
-            index = T._permute_in(index, self.in_block, order, spec.groups, inverse=True)
+            in_perm = T._permute_in(torch.arange(Cg * R_kept).view(1, -1), self.in_block, order, spec.groups,
+                                    inverse=True).flatten()
             if R_out > 1:
-                index = T._permute_out(index, self.out_block, order)
-        inner = inner.replace(in_channels=spec.in_channels * R_kept, out_channels=spec.out_channels * R_out,
-                              groups=spec.groups)
-        return index, inner, phases
+                out_perm = T._permute_out(torch.arange(O * R_out), self.out_block, order)
+        self._register_map("in_perm", in_perm)
+        self._register_map("out_perm", out_perm)
+        bias_index = None
+        if self.bias is not None and R_out > 1:
+            bias_index = _index_map(lambda b: T.phase_bias(b, self.out_block, order), self.bias.shape)
+        self._register_map("bias_index", bias_index)
+
+    def _gather_weight(self) -> torch.Tensor:
+        O, Cg, *K = self.weight.shape
+        R_out, R_kept, *Q = self.weight_index.shape
+        flat = torch.cat([self.weight.new_zeros(O, Cg, 1), self.weight.flatten(2)], 2)
+        w = flat[:, :, self.weight_index.reshape(-1)].view(O, Cg, R_out, R_kept, *Q)
+        w = w.transpose(1, 2).reshape(O * R_out, Cg * R_kept, *Q)
+        if self.in_perm is not None:
+            w = w.index_select(1, self.in_perm)
+        if self.out_perm is not None:
+            w = w.index_select(0, self.out_perm)
+        return w
+
+    @property
+    def weight_numel(self) -> int:
+        return math.prod(self.inner.weight_shape())
+
+    def _size_hint(self) -> str:
+        """Smaller blocks of the same kind and the inner weights they give (for the too-big message)."""
+        spec, n = self.spec, self.spec.dims
+        options = []
+        for r in (8, 4, 2, 1):
+            if self.out_block != (1,) * n:  # polyphase: out_block r, in_block stride * r
+                blocks = ((r,) * n, tuple(s * r for s in spec.stride))
+                label = f"polyphase(conv, {r})"
+            else:  # fold: in_block r dividing the stride
+                if any(s % r for s in spec.stride if s > 1):
+                    continue
+                blocks = ((1,) * n, tuple(r if s > 1 else 1 for s in spec.stride))
+                label = f"fold(conv, {r})"
+            if max(blocks[1]) >= max(self.in_block):
+                continue
+            R_out, R_in = math.prod(blocks[0]), math.prod(blocks[1])
+            Q = [-(-(d * (k - 1) + 1 + (b - 1) * s) // B)
+                 for k, d, s, b, B in zip(spec.kernel, spec.dilation, spec.stride, blocks[0], blocks[1])]
+            numel = spec.out_channels * R_out * (spec.in_channels // spec.groups) * R_in * math.prod(Q)
+            options.append(f"{label}: {numel:,} weights")
+        return "; ".join(options)
 
     def _gather_phases(self, x: torch.Tensor) -> torch.Tensor:
         if self.live_phases is None:
@@ -442,11 +572,15 @@ class PatchLinear(_GatheredConv):
                 f"PatchLinear needs kernel == stride, padding 0, dilation 1 and groups 1, got {s}; "
                 "use pixelfold.fold for other strided convs"
             )
-        if order == "crd":  # channel c·R + phase: the weight's own flattening
+        self._share_params(conv)
+
+    def _build_maps(self) -> None:
+        if self.order == "crd":  # channel c·R + phase: the weight's own flattening
             flatten = lambda w: w.reshape(w.shape[0], -1)  # noqa: E731
         else:  # phase·C + c
             flatten = lambda w: w.movedim(1, -1).reshape(w.shape[0], -1)  # noqa: E731
-        self._setup_params(conv, flatten, None)
+        self._register_map("weight_index", _index_map(flatten, self.weight.shape))
+        self._register_map("bias_index", None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.spec.dims
@@ -467,8 +601,7 @@ class SubpixelConvTranspose(_GatheredConv):
 
     def __init__(self, convt: nn.Module, form: str = "shared", order: str = "crd") -> None:
         super().__init__()
-        if not isinstance(convt, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-            raise FoldError(f"subpixel takes an nn.ConvTranspose1d/2d/3d, got {type(convt).__name__}")
+        convt = _as_conv(convt, "subpixel", transposed=True)
         if form not in ("shared", "phases"):
             raise FoldError(f"form {form!r} is not 'shared' or 'phases'")
         if form == "phases" and order != "crd":
@@ -478,25 +611,31 @@ class SubpixelConvTranspose(_GatheredConv):
             raise FoldError(f"transposed convs support only padding_mode='zeros', got {self.spec.padding_mode!r}")
         self.form = form
         self.order = order
-        w0 = convt.weight.detach()
-        _, _, self.inner = T.subpixel_weight(w0, None, self.spec, order)
-        if form == "shared":
-            self._setup_params(
-                convt,
-                lambda w: T.subpixel_weight(w, None, self.spec, order)[0],
-                lambda b: T.phase_bias(b, self.spec.stride, order),
-            )
-        else:
-            phases = T.subpixel_phase_weights(w0, self.spec)
-            live = [i for i, (_, w, _) in enumerate(phases) if w is not None]
-            self.live = live
+        self._share_params(convt)
 
-            def stack(w: torch.Tensor) -> torch.Tensor:
-                ws = T.subpixel_phase_weights(w, self.spec)
-                return torch.cat([ws[i][1].reshape(-1) for i in live])  # type: ignore[union-attr]
+    def _build_maps(self) -> None:
+        spec, order = self.spec, self.order
+        probe = torch.zeros(spec.weight_shape())
+        _, _, self.inner = T.subpixel_weight(probe, None, spec, order)
+        if self.form == "shared":
+            self._register_map("weight_index", _index_map(lambda w: T.subpixel_weight(w, None, spec, order)[0],
+                                                          self.weight.shape))
+            bias_index = None
+            if self.bias is not None:
+                bias_index = _index_map(lambda b: T.phase_bias(b, spec.stride, order), self.bias.shape)
+            self._register_map("bias_index", bias_index)
+            return
+        phases = T.subpixel_phase_weights(probe, spec)
+        live = [i for i, (_, w, _) in enumerate(phases) if w is not None]
+        self.live = live
+        self.phase_shapes = [tuple(phases[i][1].shape) for i in live]  # type: ignore[union-attr]
 
-            self.phase_shapes = [tuple(phases[i][1].shape) for i in live]  # type: ignore[union-attr]
-            self._setup_params(convt, stack, None)
+        def stack(w: torch.Tensor) -> torch.Tensor:
+            ws = T.subpixel_phase_weights(w, spec)
+            return torch.cat([ws[i][1].reshape(-1) for i in live])  # type: ignore[union-attr]
+
+        self._register_map("weight_index", _index_map(stack, self.weight.shape))
+        self._register_map("bias_index", None)
 
     @property
     def macs_per_position(self) -> int:
@@ -544,7 +683,7 @@ class SubpixelConvTranspose(_GatheredConv):
     def _phases_forward(self, x: torch.Tensor, spec: ConvSpec) -> torch.Tensor:
         n = self.spec.dims
         flat = self.transformed_weight()
-        bias = self.bias if not self.frozen else self.frozen_bias
+        bias = self.transformed_bias()
         blocks = [L + g["extra"] for L, g in zip(x.shape[2:], T.subpixel_geometry(spec))]
         outs: list[torch.Tensor] = []
         offset = 0
@@ -569,7 +708,7 @@ class SubpixelConvTranspose(_GatheredConv):
 
     def to_transposed(self) -> nn.Module:
         """The original ``nn.ConvTransposeNd`` (sharing this module's parameters)."""
-        m = self.spec.module_type()(**self.spec.module_kwargs(), device=self.weight.device, dtype=self.weight.dtype)
+        m = empty_module(self.spec, self.weight.device, self.weight.dtype)
         m.weight = self.weight
         m.bias = self.bias
         return m

@@ -159,7 +159,7 @@ def _describe(module: nn.Module | None) -> str:
 def _cost(module: nn.Module) -> float:
     """Multiply-accumulates per output position (per input position for transposed convs) of a module's convs."""
     if isinstance(module, PhaseConv):
-        return module.weight_index.numel() / math.prod(module.out_block)
+        return module.weight_numel / math.prod(module.out_block)
     if isinstance(module, SubpixelConvTranspose):
         return float(module.macs_per_position)
     if isinstance(module, nn.modules.conv._ConvNd):

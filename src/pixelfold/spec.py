@@ -10,6 +10,7 @@ the layer, which is what ``pixelfold explain`` and the benchmarks print.
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
@@ -18,7 +19,7 @@ from torch import nn
 
 from .errors import FoldError
 
-__all__ = ["ConvSpec", "as_tuple", "CONV_TYPES", "CONV_TRANSPOSE_TYPES", "PADDING_MODES"]
+__all__ = ["ConvSpec", "as_tuple", "build_module", "empty_module", "CONV_TYPES", "CONV_TRANSPOSE_TYPES", "PADDING_MODES"]
 
 CONV_TYPES: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 CONV_TRANSPOSE_TYPES: dict[int, type[nn.Module]] = {
@@ -31,20 +32,35 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 Pair = tuple[int, int]
 
 
+def _as_int(v: Any) -> int:
+    """``v`` as an int if it is one (Python, NumPy or 0-d integer tensor); TypeError for floats, bools, strings."""
+    if isinstance(v, bool):
+        raise TypeError(f"{v!r} is a bool")
+    return operator.index(v)
+
+
 def as_tuple(value: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
-    """Broadcast an int to ``n`` entries or check a sequence has ``n`` entries.
+    """Broadcast an int to ``n`` entries or check a sequence has ``n`` entries of ints.
+
+    Floats are refused rather than truncated (``(2.7, 2)`` is not the block ``(2, 2)``).
 
     >>> as_tuple(2, 3, "block")
     (2, 2, 2)
     >>> as_tuple((2, 1), 2, "block")
     (2, 1)
+    >>> as_tuple((2.7, 2), 2, "block")
+    Traceback (most recent call last):
+    ...
+    pixelfold.errors.FoldError: block must be an int or a tuple of 2 ints, got (2.7, 2)
     """
     if isinstance(value, bool):
         raise FoldError(f"{name} must be an int or a tuple of {n} ints, got {value!r}")
-    if isinstance(value, int):
-        return (value,) * n
     try:
-        out = tuple(int(v) for v in value)
+        return (operator.index(value),) * n
+    except TypeError:
+        pass
+    try:
+        out = tuple(_as_int(v) for v in value)
     except TypeError:
         raise FoldError(f"{name} must be an int or a tuple of {n} ints, got {value!r}") from None
     if len(out) != n:
@@ -123,6 +139,21 @@ class ConvSpec:
             object.__setattr__(self, "output_padding", (0,) * n)
         if self.padding_mode not in PADDING_MODES:
             raise FoldError(f"padding_mode {self.padding_mode!r} is not one of {PADDING_MODES}")
+        for name in ("kernel", "stride", "dilation"):
+            values = getattr(self, name)
+            if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
+                raise FoldError(f"{name} {values} must be positive ints in every dim")
+        if any(not isinstance(v, int) or v < 0 for v in self.output_padding):
+            raise FoldError(f"output_padding {self.output_padding} must be non-negative ints")
+        for name in ("in_channels", "out_channels", "groups"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise FoldError(f"{name} must be a positive int, got {v!r}")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise FoldError(
+                f"in_channels {self.in_channels} and out_channels {self.out_channels} must both be divisible by "
+                f"groups {self.groups}"
+            )
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -172,11 +203,18 @@ class ConvSpec:
 
         >>> ConvSpec.make(3, 64, 7, stride=2, padding=3).padding
         ((3, 3), (3, 3))
+        >>> ConvSpec.make(3, 64, 0)
+        Traceback (most recent call last):
+        ...
+        pixelfold.errors.FoldError: kernel (0, 0) must be positive ints in every dim
         """
         k = as_tuple(kernel, dims, "kernel")
         s = as_tuple(stride, dims, "stride")
         d = as_tuple(dilation, dims, "dilation")
-        return cls(in_channels, out_channels, k, s, _normalise_padding(padding, k, d, s), d, groups, bias, padding_mode)
+        pad = _normalise_padding(padding, k, d, s)
+        if any(lo < 0 or hi < 0 for lo, hi in pad):
+            raise FoldError(f"padding {padding!r} must be non-negative (crop the input instead)")
+        return cls(in_channels, out_channels, k, s, pad, d, groups, bias, padding_mode)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -295,6 +333,23 @@ class ConvSpec:
         return " ".join(parts)
 
 
+def empty_module(spec: ConvSpec, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> nn.Module:
+    """An ``nn.ConvNd`` / ``nn.ConvTransposeNd`` for ``spec`` with uninitialised tensors.
+
+    Built on the meta device and materialised with ``to_empty``, so it neither spends time on a
+    random init that is overwritten at once nor advances the global RNG (pixelfold's constructors
+    must not change what the user's next ``torch.randn`` returns).
+
+    >>> state = torch.random.get_rng_state()
+    >>> m = empty_module(ConvSpec.make(3, 8, 3))
+    >>> torch.equal(state, torch.random.get_rng_state()), type(m).__name__
+    (True, 'Conv2d')
+    """
+    module = spec.module_type()(**spec.module_kwargs(), device="meta", dtype=dtype)
+    return module.to_empty(device=device if device is not None else "cpu")
+
+
 def build_module(
     spec: ConvSpec,
     weight: torch.Tensor,
@@ -306,7 +361,7 @@ def build_module(
     dtype and device follow ``weight``; ``requires_grad`` follows ``like``'s
     weight when given.
     """
-    module = spec.module_type()(**spec.module_kwargs(), device=weight.device, dtype=weight.dtype)
+    module = empty_module(spec, weight.device, weight.dtype)
     with torch.no_grad():
         if tuple(module.weight.shape) != tuple(weight.shape):
             raise FoldError(f"internal: weight shape {tuple(weight.shape)} != spec's {tuple(module.weight.shape)}")

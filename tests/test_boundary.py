@@ -1,0 +1,216 @@
+"""Issue 9 regressions at the layer API's boundary: checkpoints, frozen forms, hooks, sizes, RNG, arguments.
+
+Each test names the item of issue 9 it pins; each failed on the main of 2026-11-28.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import pixelfold as pf
+from pixelfold import FoldError
+from pixelfold.spec import ConvSpec, as_tuple
+
+
+def _conv(*args, seed=0, **kw):
+    torch.manual_seed(seed)
+    return nn.Conv2d(*args, **kw).double()
+
+
+# ---------------------------------------------------------------------------- item 1: frozen forms and checkpoints
+@pytest.mark.parametrize("build", [
+    lambda c: pf.fold(c, 2),
+    lambda c: pf.polyphase(c, 2),
+    lambda c: pf.fold(c, 2, order="dcr"),
+])
+def test_frozen_form_loads_a_checkpoint(build):
+    conv = _conv(3, 8, 3, stride=2, padding=1)
+    m = build(conv).freeze().eval()
+    trained = _conv(3, 8, 3, stride=2, padding=1, seed=1)
+    m.load_state_dict(trained.state_dict(), strict=True)
+    x = torch.randn(2, 3, 13, 12, dtype=torch.float64)
+    torch.testing.assert_close(m(x), trained(x), rtol=0, atol=1e-12)
+
+
+def test_frozen_subpixel_and_patch_linear_load_a_checkpoint():
+    torch.manual_seed(0)
+    up, up2 = nn.ConvTranspose2d(4, 3, 4, 2, 1).double(), nn.ConvTranspose2d(4, 3, 4, 2, 1).double()
+    for form in ("shared", "phases"):
+        m = pf.subpixel(up, form).freeze().eval()
+        m.load_state_dict(up2.state_dict())
+        x = torch.randn(1, 4, 5, 6, dtype=torch.float64)
+        torch.testing.assert_close(m(x), up2(x), rtol=0, atol=1e-12)
+    patch, patch2 = _conv(3, 8, 4, stride=4), _conv(3, 8, 4, stride=4, seed=3)
+    m = pf.PatchLinear(patch).freeze().eval()
+    m.load_state_dict(patch2.state_dict())
+    x = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    torch.testing.assert_close(m(x), patch2(x), rtol=0, atol=1e-12)
+
+
+def test_frozen_form_trains_in_train_mode():
+    conv = _conv(3, 8, 3, stride=2, padding=1)
+    m = pf.fold(conv, 2).freeze().train()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    m(x).square().sum().backward()
+    ref = copy.deepcopy(conv)
+    ref(x).square().sum().backward()
+    assert conv.weight.grad is not None
+    torch.testing.assert_close(conv.weight.grad, ref.weight.grad, rtol=0, atol=1e-10)
+    torch.testing.assert_close(conv.bias.grad, ref.bias.grad, rtol=0, atol=1e-10)
+
+
+def test_torch_save_stores_no_gather_maps_and_reloads_exactly():
+    conv = _conv(64, 128, 3, stride=2, padding=1)
+    for m in (pf.fold(conv, 2), pf.fold(conv, 2).freeze(), pf.subpixel(nn.ConvTranspose2d(64, 32, 4, 2, 1).double()),
+              pf.PatchLinear(_conv(3, 64, 4, stride=4)).freeze()):
+        buf = io.BytesIO()
+        torch.save(m, buf)
+        params = sum(p.numel() * p.element_size() for p in m.parameters())
+        assert buf.tell() < params + 20_000  # the Parameters and a little pickle overhead: no int64 maps, no baked copy
+        buf.seek(0)
+        back = torch.load(buf, weights_only=False)
+        x = torch.randn(1, back.in_channels, 12, 12, dtype=torch.float64)
+        assert back.frozen == m.frozen
+        torch.testing.assert_close(back(x), m(x), rtol=0, atol=0)
+        assert pickle.loads(pickle.dumps(m)).weight_index.shape == m.weight_index.shape
+
+
+def test_deepcopy_keeps_sharing_and_maps():
+    conv = _conv(3, 8, 3, stride=2, padding=1)
+    model = nn.Sequential(pf.fold(conv, 2), nn.ReLU())
+    twin = copy.deepcopy(model)
+    assert twin[0].weight is not conv.weight and twin[0].weight_index is not model[0].weight_index
+    x = torch.randn(1, 3, 9, 9, dtype=torch.float64)
+    torch.testing.assert_close(twin(x), model(x), rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------- sizes of the gather maps and forms
+def test_phase_map_does_not_grow_with_channels():
+    m = pf.fold(nn.Conv2d(1024, 2048, 1, stride=2, bias=False), 2)
+    assert m.weight_index.numel() <= 4  # one phase read (1×1/2), one tap
+    m = pf.polyphase(nn.Conv2d(64, 64, 3, bias=False), 4)
+    assert m.weight_index.numel() == 16 * 16 * 2 * 2
+
+
+def test_huge_form_is_refused_with_numbers():
+    with pytest.raises(FoldError) as err:
+        pf.polyphase(nn.Conv2d(64, 64, 3), 16)
+    text = str(err.value)
+    assert text.startswith("the form's inner conv would be Conv2d 16384→16384 k2×2 s1×1 p0×0 with 1,073,741,824 "
+                           "weights (4.0 GiB, above pixelfold.layers.MAX_FORM_BYTES = 1.0 GiB); use a smaller block")
+    assert "polyphase(conv, 8): 67,108,864 weights" in text and "raise pixelfold.layers.MAX_FORM_BYTES" in text
+
+
+# ---------------------------------------------------------------------------- item 4: weights computed in forward, hooks
+def _constructors():
+    return {
+        "fold": lambda c: pf.fold(c, 2),
+        "polyphase": lambda c: pf.polyphase(c, 2),
+        "to_space": lambda c: pf.to_space(c, 1),
+        "to_depth": lambda c: pf.to_depth(c, 2),
+        "PatchLinear": pf.PatchLinear,
+        "merge": lambda c: pf.merge(pf.SpaceToDepth(1), c),
+        "transposed": lambda c: pf.transposed(nn.Sequential(c, nn.PixelShuffle(1))),
+    }
+
+
+def _patch():  # a conv every constructor above accepts when plain (stride = kernel = 2, no padding)
+    return nn.Conv2d(4, 4, 2, stride=2)
+
+
+@pytest.mark.parametrize("name", list(_constructors()))
+def test_plain_patch_conv_is_accepted(name):
+    conv = _patch() if name != "transposed" else nn.Conv2d(4, 4, 1)
+    _constructors()[name](conv)
+
+
+@pytest.mark.parametrize("name", list(_constructors()))
+@pytest.mark.parametrize("wrap, expect", [
+    (lambda c: nn.utils.spectral_norm(c), "has torch.nn.utils.spectral_norm"),
+    (lambda c: nn.utils.weight_norm(c), "has torch.nn.utils.weight_norm"),
+    (lambda c: nn.utils.parametrizations.weight_norm(c), "computes its weight with a parametrization"),
+    (lambda c: (c.register_forward_hook(lambda m, i, o: o), c)[1], "has forward hooks that a replacement would not run"),
+    (lambda c: (c.register_forward_pre_hook(lambda m, i: None), c)[1], "has forward pre-hooks that"),
+    (lambda c: (c.register_full_backward_hook(lambda m, gi, go: None), c)[1], "has backward hooks that"),
+])
+def test_hidden_weight_or_hooks_are_refused(name, wrap, expect):
+    conv = _patch() if name != "transposed" else nn.Conv2d(4, 4, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        conv = wrap(conv)
+    with pytest.raises(FoldError, match=expect):
+        _constructors()[name](conv)
+
+
+def test_spectral_norm_message_in_full():
+    with pytest.raises(FoldError) as err:
+        pf.fold(nn.utils.spectral_norm(nn.Conv2d(3, 4, 3, 2, 1)), 2)
+    assert str(err.value) == (
+        "fold: Conv2d has torch.nn.utils.spectral_norm (a hook that divides weight by its largest singular value in "
+        "forward, so .weight is stale before that): pixelfold would build from a stale weight; call "
+        "torch.nn.utils.remove_spectral_norm(module) first (it bakes the normalised weight)")
+
+
+def test_subpixel_refuses_weight_norm_and_hooks():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        up = nn.utils.weight_norm(nn.ConvTranspose2d(4, 4, 4, 2, 1))
+    with pytest.raises(FoldError, match="subpixel: ConvTranspose2d has torch.nn.utils.weight_norm"):
+        pf.subpixel(up)
+    up = nn.ConvTranspose2d(4, 4, 4, 2, 1)
+    up.register_full_backward_hook(lambda m, gi, go: None)
+    with pytest.raises(FoldError, match="subpixel: ConvTranspose2d has backward hooks"):
+        pf.subpixel(up)
+
+
+def test_lazy_and_quantized_convs_get_their_own_message():
+    with pytest.raises(FoldError, match="fold: LazyConv2d has not materialised its weight yet .* run one forward"):
+        pf.fold(nn.LazyConv2d(4, 3, stride=2), 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch.ao.nn.quantized.Conv2d(4, 4, 3, stride=2)
+    with pytest.raises(FoldError, match="is a quantized conv .* rewrite the float model before quantizing"):
+        pf.fold(q, 2)
+
+
+# ---------------------------------------------------------------------------- messages and small things
+def test_constructors_do_not_advance_the_global_rng():
+    conv, strided = nn.Conv2d(16, 8, 3, padding=1), nn.Conv2d(4, 8, 4, stride=2, padding=2)
+    focus = nn.Sequential(pf.FocusSlice(), nn.Conv2d(12, 8, 3, padding=1))
+    shuffle = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.PixelShuffle(2))
+    up = pf.subpixel(nn.ConvTranspose2d(4, 4, 4, 2, 1))
+    state = torch.random.get_rng_state()
+    pf.to_space(conv, 2)
+    pf.to_depth(strided, 2)
+    pf.merge(focus)
+    pf.transposed(shuffle)
+    up.to_transposed()
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_float_blocks_are_refused_not_truncated():
+    with pytest.raises(FoldError, match=r"block must be an int or a tuple of 2 ints, got \(2.7, 2\)"):
+        as_tuple((2.7, 2), 2, "block")
+    with pytest.raises(FoldError):
+        pf.space_to_depth(torch.zeros(1, 1, 4, 4), (2.7, 2))
+    assert as_tuple(torch.tensor(2), 2, "block") == (2, 2)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(kernel=0), "kernel (0, 0) must be positive ints in every dim"),
+    (dict(kernel=3, stride=0), "stride (0, 0) must be positive ints in every dim"),
+    (dict(kernel=3, dilation=(1, -1)), "dilation (1, -1) must be positive ints in every dim"),
+    (dict(kernel=3, padding=-1), "padding -1 must be non-negative (crop the input instead)"),
+    (dict(kernel=3, groups=2), "in_channels 3 and out_channels 8 must both be divisible by groups 2"),
+])
+def test_conv_spec_validates(kwargs, message):
+    with pytest.raises(FoldError) as err:
+        ConvSpec.make(3, 8, **kwargs)
+    assert str(err.value) == message

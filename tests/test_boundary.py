@@ -214,3 +214,211 @@ def test_conv_spec_validates(kwargs, message):
     with pytest.raises(FoldError) as err:
         ConvSpec.make(3, 8, **kwargs)
     assert str(err.value) == message
+
+
+# ---------------------------------------------------------------------------- item 3: grouped conv + dcr/focus d2s
+@pytest.mark.parametrize("order", ["dcr", "focus", "crd"])
+@pytest.mark.parametrize("groups, out_per_phase, block", [(2, 4, 2), (2, 1, 2), (4, 2, 2), (3, 2, 3), (2, 3, 2)])
+def test_transposed_of_grouped_conv_is_exact_in_every_order(order, groups, out_per_phase, block):
+    R = block * block
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2 * groups, out_per_phase * R, 3, padding=1, groups=groups, bias=False).double()
+    seq = nn.Sequential(conv, pf.DepthToSpace(block, order))
+    t = pf.transposed(seq)
+    x = torch.randn(2, 2 * groups, 5, 4, dtype=torch.float64)
+    torch.testing.assert_close(t(x), seq(x), rtol=0, atol=1e-12)
+
+
+def test_issue_example_grouped_dcr_transposed():
+    net = nn.Sequential(nn.Conv2d(4, 16, 3, padding=1, groups=2, bias=False), pf.DepthToSpace(2, "dcr"))
+    new, report = pf.rewrite(net, [pf.Rule("transposed")], example_inputs=torch.randn(1, 4, 6, 6))
+    assert report.ok and [e.status for e in report.entries] == ["changed"]
+    x = torch.randn(3, 4, 7, 5)
+    torch.testing.assert_close(new(x), net(x), rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- item 2: verification is never vacuous
+def _wrong_rule():
+    def wrong(module, spec):  # right bias, wrong weight: equal to the original on all-zero inputs
+        other = nn.Conv2d(**spec.module_kwargs())
+        other.bias = module.bias
+        return other
+    return pf.Rule(wrong, where=lambda s: True)
+
+
+@pytest.mark.parametrize("example", [torch.zeros(1, 4, 6, 6), torch.zeros(0, 4, 6, 6), torch.full((1, 4, 6, 6), 3.0)])
+def test_wrong_rule_fails_on_zeros_empty_and_constant_examples(example):
+    net = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1))
+    new, report = pf.rewrite(net, _wrong_rule(), example_inputs=example)
+    assert [e.status for e in report.entries] == ["failed"], report
+    assert "not equivalent on " in report.entries[0].reason
+    assert new[0] is not None and torch.equal(new[0].weight, net[0].weight)
+
+
+def test_report_says_what_each_layer_was_checked_on():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU())
+    _, report = pf.rewrite(net, "no_stride", example_inputs=torch.zeros(1, 3, 16, 16))
+    (entry,) = report.changed
+    assert entry.checked_on == ("float64: random 1×3×16×16; resized 1×3×17×17; "
+                                "1 empty/constant captured call(s) not counted")
+    assert report.end_to_end_checked_on == "random 1×3×16×16"
+    assert "end to end on random 1×3×16×16: max |Δ|" in report.summary()
+
+
+def test_nothing_to_compare_is_refused():
+    class OnlyZeros(nn.Module):  # a model that refuses anything but its all-zero example
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, stride=2)
+
+        def forward(self, x):
+            if bool(x.abs().sum() != 0):
+                raise ValueError("only zeros, please")
+            return self.conv(x)
+
+    with pytest.raises(FoldError, match="example_inputs hold no data to compare on"):
+        pf.rewrite(OnlyZeros(), "no_stride", example_inputs=torch.zeros(1, 3, 9, 9))
+
+
+def test_to_depth_says_it_accepts_fewer_sizes():
+    net = nn.Sequential(nn.Conv2d(3, 8, 4, stride=2, padding=2))
+    new, report = pf.rewrite(net, pf.Rule("to_depth"), example_inputs=torch.randn(1, 3, 16, 16))
+    (entry,) = report.changed
+    assert entry.note == ("accepts fewer input sizes than the original: refuses 1×3×17×17, which the original "
+                          "accepts")
+    assert "notes:" in str(report) and entry.note in str(report)
+
+
+def test_user_rule_that_only_works_at_the_captured_size_fails():
+    def fixed_size(module, spec):
+        fold = pf.fold(module, 2)
+
+        class Fixed(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.inner = fold
+
+            def forward(self, x):
+                if x.shape[-1] != 16:
+                    raise RuntimeError("built for 16×16 only")
+                return self.inner(x)
+        return Fixed()
+
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1))
+    _, report = pf.rewrite(net, pf.Rule(fixed_size), example_inputs=torch.randn(1, 3, 16, 16))
+    assert report.entries[0].status == "failed"
+    assert "refuses input 1×3×17×17, which the original accepts" in report.entries[0].reason
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_models_keep_exact_changes(dtype):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 7, stride=2, padding=3), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1),
+                        nn.ReLU(), nn.Conv2d(16, 4, 3, stride=2, padding=1)).to(dtype)
+    new, report = pf.rewrite(net, "no_stride", example_inputs=torch.randn(2, 3, 32, 32).to(dtype))
+    assert len(report.changed) == 3 and report.ok, report
+    assert "float64 copies" in report.end_to_end_checked_on
+
+
+@pytest.mark.parametrize("model, rules, message", [
+    (None, "no_stride", "rewrite takes an nn.Module, got NoneType"),
+    (nn.Conv2d(3, 3, 3), 42, "rules must be a profile name such as 'no_stride', a Profile, a Rule or a list of them, "
+                             "got int 42"),
+])
+def test_rewrite_arguments_are_checked(model, rules, message):
+    with pytest.raises(FoldError) as err:
+        pf.rewrite(model, rules)
+    assert str(err.value) == message
+
+
+def test_torchscript_and_compiled_models_are_refused():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2))
+    with pytest.raises(FoldError, match="is a TorchScript module"):
+        pf.rewrite(torch.jit.script(net), "no_stride")
+    with pytest.raises(FoldError, match="torch.compile wrapper"):
+        pf.rewrite(torch.compile(net), "no_stride")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(order="bogus"), "order 'bogus' is not one of ('crd', 'dcr', 'focus')"),
+    (dict(block=0), "block must be a positive int, a tuple of them or a callable spec -> block, got 0"),
+    (dict(block=(2, 0)), "block must be a positive int, a tuple of them or a callable spec -> block, got (2, 0)"),
+    (dict(block=2.5), "block must be a positive int, a tuple of them or a callable spec -> block, got 2.5"),
+])
+def test_rule_arguments_are_checked(kwargs, message):
+    with pytest.raises(FoldError) as err:
+        pf.Rule("fold", **kwargs)
+    assert str(err.value) == message
+
+
+def test_rewrite_refuses_backward_hooks():
+    conv = nn.Conv2d(3, 8, 3, stride=2)
+    conv.register_full_backward_hook(lambda m, gi, go: None)
+    _, report = pf.rewrite(nn.Sequential(conv), "no_stride")
+    assert report.entries[0].status == "skipped"
+    assert "has backward hooks that a replacement would not run" in report.entries[0].reason
+
+
+def test_a_list_is_one_argument_everywhere():
+    from pixelfold.verify import as_args
+    x = torch.randn(1, 3, 8, 8)
+    assert as_args([x, x]) == ([x, x],) and as_args((x, x)) == (x, x) and as_args(x) == (x,)
+
+
+# ---------------------------------------------------------------------------- item 1: tune / apply_plan
+def _stem():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1))
+
+
+def test_planned_model_loads_a_trained_checkpoint():
+    from pixelfold.tune import LayerPlan, Plan, apply_plan
+    net = _stem()
+    plan = Plan([LayerPlan("0", "Conv2d", "Conv2d 3→8 k4×4 s4×4 p0×0", "patch_linear"),
+                 LayerPlan("2", "Conv2d", "Conv2d 8→8 k3×3 s2×2 p1×1", "fold", {"block": [2, 2]})],
+                "cpu", torch.__version__)
+    planned = apply_plan(net, plan)
+    trained = _stem()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))
+    planned.load_state_dict(trained.state_dict(), strict=True)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(planned(x), trained(x), rtol=1e-5, atol=1e-5)
+    assert not any(getattr(m, "frozen", False) for m in planned.modules())
+
+
+def test_tune_inplace_keeps_the_users_parameters_and_optimizer():
+    net = _stem()
+    params = [id(p) for p in net.parameters()]
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x = torch.randn(2, 3, 32, 32)
+    tuned, plan = pf.tune(net, x, inplace=True, rounds=1, min_run_time=0.001, margin=-1.0, progress=False)
+    assert tuned is net and [id(p) for p in tuned.parameters()] == params
+    before = tuned(x).detach().clone()
+    tuned(x).square().mean().backward()
+    opt.step()
+    assert not torch.allclose(tuned(x), before)  # the optimizer made before tuning still trains the model
+    assert not any(getattr(m, "frozen", False) for m in tuned.modules())
+
+
+def test_tune_freeze_is_opt_in_and_follows_checkpoints():
+    net = _stem()
+    x = torch.randn(1, 3, 32, 32)
+    tuned, plan = pf.tune(net, x, rounds=1, min_run_time=0.001, margin=-1.0, progress=False, freeze=True,
+                          candidates=["fold", "patch_linear"])
+    trained = _stem()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.mul_(-1)
+    tuned.load_state_dict(trained.state_dict())
+    torch.testing.assert_close(tuned.eval()(x), trained(x), rtol=1e-5, atol=1e-5)
+
+
+def test_tune_and_rewrite_are_functions_and_modules():
+    import pixelfold.rewrite
+    import pixelfold.tune
+    assert callable(pf.tune) and callable(pf.rewrite)
+    assert pf.tune.Plan is pixelfold.tune.Plan and pf.rewrite.Rule is pf.Rule
+    _, report = pf.rewrite(nn.Conv2d(3, 3, 3, stride=2), "no_stride")
+    assert len(report.changed) == 1

@@ -29,8 +29,14 @@ from .layers import (
 from .rearrange import depth_to_space, space_to_depth
 from .spec import ConvSpec
 from . import verify
-from .rewrite import LayerChange, Profile, RewriteReport, Rule, SamePadPhaseConv, rewrite
-from .tune import Plan, apply_plan, tune
+from ._callable import make_callable
+from .rewrite import LayerChange, Profile, RewriteReport, Rule, SamePadPhaseConv
+from .tune import Plan, apply_plan
+
+# `pixelfold.rewrite` and `pixelfold.tune` are both the function and its module: `pixelfold.tune(model, x)`,
+# `import pixelfold.tune` and `pixelfold.tune.Plan` all work (a plain `from .tune import tune` would shadow the module).
+rewrite = make_callable("pixelfold.rewrite", "rewrite")
+tune = make_callable("pixelfold.tune", "tune")
 
 __version__ = "0.1.0"
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import itertools
 import json
 import math
 import re
@@ -56,6 +57,7 @@ from torch import nn
 
 from . import verify as V
 from .errors import FoldError
+from .guards import hook_problem
 from .layers import (
     DepthToSpace,
     PhaseConv,
@@ -69,8 +71,8 @@ from .layers import (
     to_depth,
     transposed,
 )
-from .rearrange import check_block
-from .spec import ConvSpec
+from .rearrange import ORDERS, check_block
+from .spec import ConvSpec, as_tuple
 from .transforms import check_stride_divisible
 
 __all__ = [
@@ -342,6 +344,10 @@ class Rule:
             self.name = re.compile(self.name[3:])
         if self.form not in ("shared", "phases"):
             raise FoldError(f"form {self.form!r} is not 'shared' or 'phases'")
+        if self.order not in ORDERS:
+            raise FoldError(f"order {self.order!r} is not one of {ORDERS}")
+        if self.block is not None and not callable(self.block):
+            _check_rule_block(self.block)
 
     @property
     def transform_name(self) -> str:
@@ -374,6 +380,18 @@ class Rule:
             if spec is None or not self.where(spec):
                 return False
         return True
+
+
+def _check_rule_block(block: Any) -> None:
+    """A Rule's block: a positive int or a tuple of them (the dims are checked when a layer is matched)."""
+    values = (block,) if isinstance(block, int) and not isinstance(block, bool) else block
+    try:
+        values = as_tuple(values, len(values), "block")  # type: ignore[arg-type]
+    except TypeError:
+        raise FoldError(f"block must be a positive int, a tuple of them or a callable spec -> block, got {block!r}") \
+            from None
+    if not values or any(v < 1 for v in values):
+        raise FoldError(f"block must be a positive int, a tuple of them or a callable spec -> block, got {block!r}")
 
 
 # ---------------------------------------------------------------------------- profiles
@@ -527,6 +545,9 @@ def _as_rules(rules: str | Profile | Rule | Sequence[Rule | Profile | str]) -> t
         return list(rules.rules), rules.name
     if isinstance(rules, Rule):
         return [rules], rules.transform_name
+    if not isinstance(rules, (list, tuple)):
+        raise FoldError(f"rules must be a profile name such as 'no_stride', a Profile, a Rule or a list of them, "
+                        f"got {type(rules).__name__} {rules!r}"[:300])
     out: list[Rule] = []
     names: list[str] = []
     for item in rules:
@@ -601,6 +622,7 @@ class LayerChange:
     checked_on: str = ""
     time_before: float | None = None
     time_after: float | None = None
+    note: str = ""
 
 
 def _json_float(v: Any) -> Any:
@@ -636,6 +658,7 @@ class RewriteReport:
     end_to_end_scale: float | None = None
     verified_on: str = ""
     elapsed_s: float = 0.0
+    end_to_end_checked_on: str = ""
 
     def _with(self, status: str) -> list[LayerChange]:
         return [e for e in self.entries if e.status == status]
@@ -679,7 +702,8 @@ class RewriteReport:
         elif not self.changed:
             e2e = "end to end: model unchanged"
         else:
-            e2e = (f"end to end: max |Δ| {self.end_to_end_error:.3g} (tolerance {self.end_to_end_tolerance:.3g}, "
+            on = f" on {self.end_to_end_checked_on}" if self.end_to_end_checked_on else ""
+            e2e = (f"end to end{on}: max |Δ| {self.end_to_end_error:.3g} (tolerance {self.end_to_end_tolerance:.3g}, "
                    f"max |output| {self.end_to_end_scale:.3g})")
         return f"{head}; layers checked on {self.verified_on or '-'}; {e2e}; {self.elapsed_s * 1e3:.0f} ms"
 
@@ -703,6 +727,12 @@ class RewriteReport:
             lines.append(fmt_row(["-" * w for w in widths]))
             for e in rows:
                 lines.append(fmt_row([get(e) for _, get, _ in cols]))
+        noted = [e for e in rows if e.note]
+        if noted:
+            lines.append("")
+            lines.append("notes:")
+            for e in noted:
+                lines.append(f"  {e.status:<7}  {e.path}: {e.note}")
         unchanged = [e for e in rows if e.status in ("failed", "skipped")]
         if unchanged:
             lines.append("")
@@ -720,6 +750,7 @@ class RewriteReport:
             "end_to_end_tolerance": _json_float(self.end_to_end_tolerance),
             "end_to_end_scale": _json_float(self.end_to_end_scale),
             "verified_on": self.verified_on,
+            "end_to_end_checked_on": self.end_to_end_checked_on,
             "elapsed_s": self.elapsed_s,
             "entries": [{k: _json_float(v) for k, v in asdict(e).items()} for e in self.entries],
         }
@@ -742,12 +773,7 @@ class _Site:
     new_unit: nn.Module | None = None
     swaps: list[tuple[str, nn.Module, nn.Module]] = field(default_factory=list)
     capture: str = ""
-
-
-def _has_hooks(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks
-                or getattr(module, "_forward_hooks_with_kwargs", None)
-                or getattr(module, "_forward_pre_hooks_with_kwargs", None))
+    restricts_sizes: bool = False  # the form accepts fewer input sizes than the original (to_depth): say so
 
 
 def _resolve_block(block: Block | Callable[[ConvSpec], Block] | None, spec: ConvSpec,
@@ -809,10 +835,7 @@ def _allowed(rule: Rule, module: nn.Module) -> str | None:
     hidden = _HIDDEN_REASONS.get(type(module).__name__)
     if hidden is not None and not isinstance(module, nn.modules.conv._ConvNd):
         return f"{_type_name(type(module))} {hidden}: not rewritten"
-    if _has_hooks(module):
-        return (f"{_type_name(type(module))} has forward hooks (weight_norm, spectral_norm or user hooks) that the "
-                "replacement would not run: not rewritten; remove the hooks (or use parametrize) first")
-    return None
+    return hook_problem(module)
 
 
 def _wants_hidden(rule: Rule, path: str, module: nn.Module, spec: ConvSpec | None) -> bool:
@@ -961,7 +984,8 @@ class _Planner:
             new.train(module.training)
             entry.transform, entry.after, entry.status = label, _describe(new), "pending"
             paths = self.paths_of.get(id(module), [path])
-            site = _Site(entry, module, new, [(p, module, new) for p in paths], capture=path)
+            site = _Site(entry, module, new, [(p, module, new) for p in paths], capture=path,
+                         restricts_sizes=rule.transform == "to_depth")
             self.sites.append(site)
             self.claimed.update(paths)
             break
@@ -1110,6 +1134,7 @@ def rewrite(
     (True, 'Conv2d', 'PhaseConv')
     """
     t0 = time.perf_counter()
+    _check_model(model)
     rule_list, label = _as_rules(rules)
     if inplace:
         work = model
@@ -1129,9 +1154,10 @@ def rewrite(
     candidates = [s for s in planner.sites if s.new_unit is not None]
 
     calls: dict[str, list[V.Call]] = {}
-    ref_out: Any = None
+    e2e: _EndToEnd | None = None
     if verify and example_inputs is not None and candidates:
         calls, ref_out = V.capture_calls(work, example_inputs, [s.capture for s in candidates])
+        e2e = _EndToEnd(work, example_inputs, ref_out)  # references from the model as it is, before any change
     if not verify:
         report.verified_on = "nothing (verify=False)"
     else:
@@ -1155,10 +1181,13 @@ def rewrite(
             _progress(progress, i, n, entry)
             continue
         site_calls = calls.get(site.capture)
-        entry.checked_on = "captured" if site_calls else "random"
-        check = V.check_layer(site.old_unit, site.new_unit, site_calls)
+        check = V.check_layer(site.old_unit, site.new_unit, site_calls, strict_sizes=not site.restricts_sizes)
+        entry.checked_on = check.checked_on or ("captured" if site_calls else "random")
         entry.max_error, entry.tolerance = check.error, check.tolerance
         entry.mac_ratio = _mac_ratio(site.old_unit, site.new_unit)
+        if check.ok and check.refused_sizes:
+            entry.note = (f"accepts fewer input sizes than the original: refuses {check.refused_sizes}, which the "
+                          "original accepts")
         if check.ok:
             entry.status = "changed"
             root.apply(site)
@@ -1170,14 +1199,15 @@ def rewrite(
     if verify and example_inputs is not None:
         atol_ = V.E2E_TOL if atol is None else atol
         rtol_ = V.E2E_TOL if rtol is None else rtol
-        if not applied:
+        if not applied or e2e is None:
             report.end_to_end_error, report.end_to_end_scale = 0.0, math.nan
             report.end_to_end_tolerance = atol_
         else:
-            err, scale, _ = _end_to_end(root.model, example_inputs, ref_out)
+            report.end_to_end_checked_on = e2e.described
+            err, scale, _ = e2e.error(root.model)
             tol = max(atol_, rtol_ * scale) if math.isfinite(scale) else atol_
             if not err <= tol:
-                err, scale = _localise(root, applied, example_inputs, ref_out, atol_, rtol_, err, tol)
+                err, scale = _localise(root, applied, e2e, atol_, rtol_, err, tol)
                 tol = max(atol_, rtol_ * scale) if math.isfinite(scale) else atol_
             report.end_to_end_error, report.end_to_end_scale, report.end_to_end_tolerance = err, scale, tol
     report.elapsed_s = time.perf_counter() - t0
@@ -1186,18 +1216,88 @@ def rewrite(
     return root.model, report
 
 
-def _end_to_end(model: nn.Module, example_inputs: Any, ref_out: Any) -> tuple[float, float, str]:
-    """``(max |Δ|, max |reference|, problem)`` of the (rewritten) model against the reference output."""
-    try:
-        with V.eval_mode(model), torch.no_grad():
-            out = model(*V.as_args(example_inputs))
-    except Exception as err:
-        return math.inf, math.nan, f"the model raised {type(err).__name__}: {err}"
-    err, scale = V.output_error(ref_out, out)
-    return err, scale, "" if math.isfinite(err) else "the outputs differ in structure or shape"
+def _check_model(model: Any) -> None:
+    """Refuse what rewrite cannot walk: not a module, TorchScript, a torch.compile wrapper."""
+    if not isinstance(model, nn.Module):
+        raise FoldError(f"rewrite takes an nn.Module, got {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise FoldError(
+            f"{type(model).__name__} is a TorchScript module: its submodules are compiled code, not nn.Conv layers "
+            "pixelfold can swap (a rewrite would silently change nothing); rewrite the Python model, then "
+            "torch.jit.script/trace the result"
+        )
+    if hasattr(model, "_orig_mod") and type(model).__name__ == "OptimizedModule":
+        raise FoldError(
+            "this is a torch.compile wrapper (OptimizedModule): rewrite the model you compiled (model._orig_mod), "
+            "then torch.compile the result"
+        )
 
 
-def _localise(root: _Root, applied: list[_Site], example_inputs: Any, ref_out: Any, atol: float, rtol: float,
+def _low_precision(model: nn.Module) -> bool:
+    return any(t.is_floating_point() and t.dtype in (torch.float16, torch.bfloat16)
+               for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+class _EndToEnd:
+    """The whole-model check: outputs on the example inputs and on random data of their shapes.
+
+    References are computed at construction, from the model before any change. The random case means an
+    all-zero, constant or empty example cannot make a wrong rewrite pass; when neither case holds data
+    (and the model refuses random data), rewrite refuses rather than report a check that compared nothing.
+    A float16/bfloat16 model is compared on float64 copies: exact rewrites differ from the original by
+    rounding, which in half precision is above any useful tolerance.
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any, ref_out: Any, seed: int = 0) -> None:
+        self.dtype = torch.float64 if _low_precision(model) else None
+        args = V.as_args(example_inputs)
+        cases = [("example", args)]
+        if any(t.is_floating_point() for t in V._tensors(args)):
+            cases.append(("random", V.randomized(args, torch.Generator().manual_seed(seed))))
+        self.cases: list[tuple[str, tuple[Any, ...], Any]] = []
+        for kind, case_args in cases:
+            if kind == "example" and self.dtype is None:
+                self.cases.append((kind, case_args, ref_out))
+                continue
+            out, problem = self._run(model, case_args)
+            if not problem:
+                self.cases.append((kind, case_args, out))
+        useful = [kind for kind, case_args, _ in self.cases if V.informative(case_args)]
+        if not useful:
+            raise FoldError(
+                "example_inputs hold no data to compare on (every tensor is empty or constant, e.g. torch.zeros) and "
+                "the model does not run on random data of the same shapes; pass inputs with real data (torch.randn "
+                "of your input shape), or example_inputs=None to check each layer on random inputs only"
+            )
+        what = " and ".join(f"{kind} {V._shape_text(a)}" for kind, a, _ in self.cases if V.informative(a))
+        self.described = what + (" (float64 copies of the half-precision model)" if self.dtype is not None else "")
+
+    def _run(self, model: nn.Module, args: tuple[Any, ...]) -> tuple[Any, str]:
+        try:
+            m = model
+            if self.dtype is not None:
+                m = copy.deepcopy(model).to(self.dtype)
+                args = V.cast_floats(args, self.dtype)
+            with V.eval_mode(m), torch.no_grad():
+                return m(*args), ""
+        except Exception as err:
+            return None, f"the model raised {type(err).__name__}: {err}"
+
+    def error(self, model: nn.Module) -> tuple[float, float, str]:
+        """``(max |Δ|, max |reference|, problem)`` of ``model`` against the references, over every case."""
+        err, scale = 0.0, 0.0
+        for _, args, ref in self.cases:
+            out, problem = self._run(model, args)
+            if problem:
+                return math.inf, math.nan, problem
+            e, sc = V.output_error(ref, out)
+            if not math.isfinite(e):
+                return math.inf, math.nan, "the outputs differ in structure or shape"
+            err, scale = max(err, e), max(scale, sc)
+        return err, scale, ""
+
+
+def _localise(root: _Root, applied: list[_Site], e2e: _EndToEnd, atol: float, rtol: float,
               first_err: float, first_tol: float) -> tuple[float, float]:
     """The whole model failed its check: re-apply the changes one by one, keeping those that pass."""
     for site in reversed(applied):
@@ -1205,7 +1305,7 @@ def _localise(root: _Root, applied: list[_Site], example_inputs: Any, ref_out: A
     err, scale = 0.0, math.nan
     for site in applied:
         root.apply(site)
-        e, s, problem = _end_to_end(root.model, example_inputs, ref_out)
+        e, s, problem = e2e.error(root.model)
         tol = max(atol, rtol * s) if math.isfinite(s) else atol
         if e <= tol:
             err, scale = e, s
@@ -1218,5 +1318,5 @@ def _localise(root: _Root, applied: list[_Site], example_inputs: Any, ref_out: A
             f"{first_err:.3g} > {first_tol:.3g}); left as it was"
         )
     if not math.isfinite(scale):
-        err, scale, _ = _end_to_end(root.model, example_inputs, ref_out)
+        err, scale, _ = e2e.error(root.model)
     return err, scale

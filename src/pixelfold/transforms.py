@@ -481,6 +481,8 @@ def transposed_weight(
                         "a transposed convolution")
     blk = check_block(block, spec.dims)
     R = math.prod(blk)
+    if spec.groups > 1 and (order != "crd" or spec.out_channels % (R * spec.groups)):
+        return _transposed_interleaved_groups(weight, bias, spec, blk, order)
     if spec.out_channels % (R * spec.groups):
         raise FoldError(
             f"out_channels {spec.out_channels} is not divisible by prod(block) * groups = {R * spec.groups}; "
@@ -536,6 +538,46 @@ def transposed_weight(
         output_padding=(0,) * n,
     )
     return w, bias, new
+
+
+def _transposed_interleaved_groups(
+    weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, block: tuple[int, ...], order: str
+) -> tuple[torch.Tensor, torch.Tensor | None, ConvSpec]:
+    """:func:`transposed_weight` of a grouped conv whose groups do not hold whole output channels.
+
+    ``dcr``/``focus`` take an output channel's phases from channels ``p*O + o``, and ``crd`` with
+    ``O`` not divisible by the groups from ``o*R + p`` straddling a group boundary: they can lie in
+    different groups of the conv, so the transposed conv cannot keep the conv's groups: an output channel reads
+    input channels of several groups. Write the grouped weight out densely (zeros between groups),
+    derive the ``groups=1`` transposed conv, then keep the largest grouping the connections still allow
+    (``groups = 1`` when every output reads every group; the conv's own groups when the order happens
+    to keep them apart).
+    """
+    g, C, Cg = spec.groups, spec.in_channels, spec.in_channels // spec.groups
+    R = math.prod(block)
+    if spec.out_channels % R:
+        raise FoldError(f"out_channels {spec.out_channels} is not divisible by prod(block) = {R}; pass the block "
+                        "of the depth_to_space that follows the conv")
+    O = spec.out_channels // R
+    per_group = spec.out_channels // g
+    dense = weight.new_zeros(spec.out_channels, C, *weight.shape[2:])
+    for k in range(g):
+        dense[k * per_group:(k + 1) * per_group, k * Cg:(k + 1) * Cg] = weight[k * per_group:(k + 1) * per_group]
+    w, b, new = transposed_weight(dense, bias, spec.replace(groups=1), block, order)  # w: (C, O, *K')
+    # which conv group feeds each output channel o: channel k = position of (o, phase) in `order`
+    source = phase_permutation(O, block, order)  # x_order[:, k] = x_crd[:, source[k]], crd index = o*R + phase
+    feeds = torch.zeros(g, O, dtype=torch.bool)
+    feeds[torch.arange(spec.out_channels) // per_group, source // R] = True
+    for g2 in sorted((d for d in range(1, math.gcd(g, O) + 1) if g % d == 0 and O % d == 0), reverse=True):
+        blocks = feeds.view(g2, g // g2, g2, O // g2)
+        if not any(bool(blocks[i, :, j].any()) for i in range(g2) for j in range(g2) if i != j):
+            break
+    else:  # pragma: no cover - g2 = 1 always fits
+        g2 = 1
+    if g2 > 1:
+        Cb, Ob = C // g2, O // g2
+        w = torch.cat([w[i * Cb:(i + 1) * Cb, i * Ob:(i + 1) * Ob] for i in range(g2)], 0)
+    return w, b, new.replace(groups=g2)
 
 
 def trim_zero_taps(weight: torch.Tensor, spec: ConvSpec) -> tuple[torch.Tensor, ConvSpec]:

@@ -80,18 +80,27 @@ def _is_s2d_pair(module: nn.Module) -> bool:
             and type(module[1]) in _PLAIN_CONVS)
 
 
-def build_form(module: nn.Module, name: str, options: dict[str, Any]) -> nn.Module:
-    """Build the (frozen) form ``name`` of ``module``; ``"original"`` returns the module itself."""
+def build_form(module: nn.Module, name: str, options: dict[str, Any], freeze: bool = False) -> nn.Module:
+    """Build the form ``name`` of ``module``; ``"original"`` returns the module itself.
+
+    The form shares ``module``'s Parameters and stays trainable and checkpoint-loadable; ``freeze=True``
+    bakes its weight for inference (it still follows later weight changes, see ``freeze()``).
+    """
     if name == "original":
         return module
+    built: nn.Module
     if name == "fold":
-        return layers.fold(module, tuple(options["block"]), options.get("order", "crd")).freeze()
-    if name == "patch_linear":
-        return layers.PatchLinear(module).freeze()
-    if name == "subpixel":
-        return layers.subpixel(module, options.get("form", "shared")).freeze()
-    if name == "merge":
+        built = layers.fold(module, tuple(options["block"]), options.get("order", "crd"))
+    elif name == "patch_linear":
+        built = layers.PatchLinear(module, options.get("order", "crd"))
+    elif name == "subpixel":
+        built = layers.subpixel(module, options.get("form", "shared"))
+    elif name == "merge":
         return layers.merge(module)
+    else:
+        built = None  # type: ignore[assignment]
+    if built is not None:
+        return built.freeze() if freeze and hasattr(built, "freeze") else built
     raise FoldError(f"unknown form {name!r}; known: original, fold, patch_linear, subpixel, merge")
 
 
@@ -168,10 +177,6 @@ def _label(name: str, options: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------- measuring
-def _as_tuple(inputs: Any) -> tuple[Any, ...]:
-    return inputs if isinstance(inputs, tuple) else (inputs,)
-
-
 def _time_ms(fns: dict[str, Callable[[], Any]], rounds: int, min_run_time: float,
              baseline: str) -> tuple[dict[str, float], dict[str, float]]:
     """``(median ms, ratio to baseline)`` of each callable, timed back to back in ``rounds`` rounds.
@@ -253,6 +258,7 @@ def tune(
     tolerance: float = 1e-8,
     inplace: bool = False,
     progress: bool = True,
+    freeze: bool = False,
 ) -> tuple[nn.Module, Plan]:
     """Time every exact form of each eligible layer and keep the fastest verified one.
 
@@ -271,6 +277,10 @@ def tune(
             original is below ``1 - margin``.
         tolerance: max abs error (float64, relative to the output's magnitude) for a form to count as exact.
         progress: one line per layer on stderr.
+        inplace: tune ``model`` itself; its Parameter objects are kept (an optimizer made before keeps
+            training it), the chosen forms share them.
+        freeze: bake the chosen forms' weights for inference (``freeze()``); by default they compute
+            them from the shared Parameters, so the tuned model trains and loads checkpoints like the original.
 
     Returns:
         ``(tuned_model, plan)``; the plan reapplies with :func:`apply_plan`.
@@ -283,7 +293,7 @@ def tune(
     """
     if not memory_formats:
         raise FoldError("memory_formats is empty; pass ('contiguous',) and/or 'channels_last'")
-    inputs = _as_tuple(example_inputs)
+    inputs = verify.as_args(example_inputs)
     dev = torch.device(device) if device is not None else next(
         (x.device for x in inputs if isinstance(x, torch.Tensor)), torch.device("cpu"))
     inputs = tuple(x.to(dev) if isinstance(x, torch.Tensor) else x for x in inputs)
@@ -296,6 +306,7 @@ def tune(
     paths = _eligible(work)
     captured = verify.capture_inputs(work, inputs, paths)
     plans: list[LayerPlan] = []
+    swapped: list[tuple[str, nn.Module, nn.Module]] = []  # (path, original, form): forms share its Parameters
     for i, path in enumerate(paths):
         module = work.get_submodule(path)
         if path not in captured:
@@ -330,6 +341,7 @@ def tune(
         name, opts = options_of[best]
         if best != "original":
             work.set_submodule(path, built[best])
+            swapped.append((path, module, built[best]))
         plans.append(LayerPlan(path, type(module).__name__, spec, name, opts, times, errors))
         _progress(progress, f"[{i + 1}/{len(paths)}] {path}: {spec} -> {_label(name, opts)} "
                             f"({times['original']:.3f} -> {times[best]:.3f} ms)")
@@ -354,9 +366,19 @@ def tune(
     if model_ratios[best_key] > 1 - margin:
         best_key = base_key
     kind, fmt = best_key.split("/")
+    # the result is `work` itself (the user's model when inplace): its Parameters stay the objects an
+    # optimizer holds; the timing variants above were copies
     if kind == "original":
+        for path, original, _ in reversed(swapped):
+            work.set_submodule(path, original)
         plans = [LayerPlan(lp.path, lp.type, lp.spec, "original", {}, lp.times_ms, lp.max_error) for lp in plans]
-    result = variants[best_key] if not inplace else _restore_into(model, variants[best_key])
+    elif freeze:
+        for _, _, form in swapped:
+            if hasattr(form, "freeze"):
+                form.freeze()
+    if fmt == "channels_last":
+        _to_memory_format(work, torch.channels_last)
+    result = work
     result.train(was_training)
     plan = Plan(
         layers=plans,
@@ -382,15 +404,6 @@ def _to_memory_format(model: nn.Module, fmt: torch.memory_format) -> nn.Module:
                 f = fmt if b.dim() == 4 else torch.channels_last_3d
                 setattr(m, name, b.contiguous(memory_format=f))
     return model
-
-
-def _restore_into(target: nn.Module, source: nn.Module) -> nn.Module:
-    """For ``inplace=True``: make ``target`` hold ``source``'s children and tensors."""
-    if source is target:
-        return target
-    for name, child in source.named_children():
-        setattr(target, name, child)
-    return target
 
 
 def apply_plan(model: nn.Module, plan: Plan | str | Path, inplace: bool = False) -> nn.Module:

@@ -46,6 +46,8 @@ __all__ = [
     "cast_floats",
     "eval_mode",
     "as_args",
+    "informative",
+    "randomized",
 ]
 
 #: Per-layer tolerance in float64, relative to ``max(1, max |reference output|)``.
@@ -59,16 +61,86 @@ Call = tuple[tuple[Any, ...], dict[str, Any]]
 
 # ---------------------------------------------------------------------------- small tree helpers
 def as_args(example_inputs: Any) -> tuple[Any, ...]:
-    """``example_inputs`` as a tuple of positional arguments (a lone tensor becomes a 1-tuple).
+    """What ``example_inputs`` means, everywhere in pixelfold: a tuple is the positional arguments, anything
+    else (a tensor, a list, a dict) is the one argument.
 
-    >>> len(as_args(torch.zeros(1))), len(as_args((torch.zeros(1), torch.zeros(2))))
-    (1, 2)
+    That is PyTorch's own convention (``torch.export.export(model, args)``, ``torch.onnx.export``,
+    ``torch.jit.trace``): ``(x, mask)`` calls ``model(x, mask)``, ``[x, y]`` calls ``model([x, y])``.
+
+    >>> len(as_args(torch.zeros(1))), len(as_args((torch.zeros(1), torch.zeros(2)))), len(as_args([1, 2]))
+    (1, 2, 1)
     """
-    if isinstance(example_inputs, tuple):
+    if isinstance(example_inputs, tuple) and not hasattr(example_inputs, "_fields"):
         return example_inputs
-    if isinstance(example_inputs, list):
-        return tuple(example_inputs)
     return (example_inputs,)
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (tuple, list)):
+        return [t for v in obj for t in _tensors(v)]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _tensors(v)]
+    return []
+
+
+def informative(obj: Any) -> bool:
+    """Could a comparison on these inputs tell two different functions apart?
+
+    No when every tensor is empty, constant (all zeros included) or absent: a wrong layer with the
+    right bias, a dropped branch or a swapped channel order all pass on them.
+
+    >>> informative(torch.zeros(2, 3)), informative(torch.zeros(0, 3)), informative((torch.ones(3), torch.randn(3)))
+    (False, False, True)
+    """
+    for t in _tensors(obj):
+        if t.numel() == 0 or t.dtype == torch.bool:
+            continue
+        flat = t.detach().reshape(-1)
+        if flat.numel() == 1 and bool(flat[0] != 0):
+            return True
+        if bool((flat != flat[0]).any()):
+            return True
+    return False
+
+
+def randomized(obj: Any, generator: torch.Generator, spatial_extra: int = 0) -> Any:
+    """``obj`` with every floating tensor replaced by standard-normal data of the same shape, dtype and layout.
+
+    An empty batch becomes a batch of 2. With ``spatial_extra``, tensors of rank ≥ 3 (``N, C, *spatial``) grow
+    by that much in every spatial dim (to check a form at a size it was not built on). Integer and bool
+    tensors (ids, masks) are kept.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> tuple(randomized(torch.zeros(0, 3, 4, 4), g, spatial_extra=1).shape)
+    (2, 3, 5, 5)
+    """
+    if isinstance(obj, torch.Tensor):
+        if not obj.is_floating_point():
+            return obj
+        shape = list(obj.shape)
+        if shape and shape[0] == 0:
+            shape[0] = 2
+        if spatial_extra and len(shape) >= 3:
+            shape = shape[:2] + [v + spatial_extra for v in shape[2:]]
+        t = torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype=obj.dtype, device=obj.device)
+        if obj.dim() in (4, 5) and not obj.is_contiguous() and obj.is_contiguous(
+                memory_format=torch.channels_last if obj.dim() == 4 else torch.channels_last_3d):
+            t = t.contiguous(memory_format=torch.channels_last if obj.dim() == 4 else torch.channels_last_3d)
+        return t
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(randomized(v, generator, spatial_extra) for v in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(randomized(v, generator, spatial_extra) for v in obj)
+    if isinstance(obj, dict):
+        return {k: randomized(v, generator, spatial_extra) for k, v in obj.items()}
+    return obj
+
+
+def _shape_text(obj: Any) -> str:
+    shapes = ["×".join(str(v) for v in t.shape) for t in _tensors(obj)]
+    return ", ".join(shapes) or "no tensors"
 
 
 def cast_floats(obj: Any, dtype: torch.dtype | None = None, clone: bool = False) -> Any:
@@ -357,13 +429,46 @@ def compare_modules(
 
 @dataclass
 class LayerCheck:
-    """The outcome of :func:`check_layer`."""
+    """The outcome of :func:`check_layer`: the verdict, the worst error and tolerance, and what it was checked on."""
 
     ok: bool
     error: float
     tolerance: float
     dtype: str
     reason: str = ""
+    checked_on: str = ""
+    refused_sizes: str = ""
+
+
+def _plan_calls(old: nn.Module, calls: Sequence[Call] | None, seed: int) -> list[tuple[str, tuple[Any, ...],
+                                                                                       dict[str, Any]]] | str:
+    """What :func:`check_layer` runs: ``(kind, args, kwargs)`` with kind captured / random / resized, or why nothing."""
+    gen = torch.Generator().manual_seed(seed)
+    if not calls:
+        rand = random_inputs(old, seed=seed)
+        if rand is None:
+            return f"cannot derive a test input for {type(old).__name__}; pass example_inputs"
+        return [("random", args, {}) for args in rand]
+    plan: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [("captured", a, k) for a, k in calls]
+    seen: set[str] = set()
+    for a, k in calls:  # random data of every captured shape: captured activations may be zeros or constant
+        key = _shape_text((a, k))
+        if key not in seen:
+            seen.add(key)
+            plan.append(("random", randomized(a, gen), randomized(k, gen)))
+    a, k = calls[0]  # and one size the form was not built on (skipped if the original refuses it too)
+    plan.append(("resized", randomized(a, gen, spatial_extra=1), randomized(k, gen, spatial_extra=1)))
+    return plan
+
+
+def _describe_checks(done: list[tuple[str, str]], skipped: int) -> str:
+    counts: dict[tuple[str, str], int] = {}
+    for item in done:
+        counts[item] = counts.get(item, 0) + 1
+    parts = [f"{kind} {shape}" + (f" (×{n})" if n > 1 else "") for (kind, shape), n in counts.items()]
+    if skipped:
+        parts.append(f"{skipped} empty/constant captured call(s) not counted")
+    return "; ".join(parts)
 
 
 def check_layer(
@@ -371,15 +476,24 @@ def check_layer(
     new: nn.Module,
     calls: Sequence[Call] | None,
     rtol: float | None = None,
+    strict_sizes: bool = True,
+    seed: int = 0,
 ) -> LayerCheck:
-    """Does ``new`` compute what ``old`` computes on ``calls``? Fails closed.
+    """Does ``new`` compute what ``old`` computes? Fails closed, and never on empty or constant data alone.
 
-    Runs deep copies of both in float64 (falling back to float32 with a
-    float32-sized tolerance if a module refuses float64) on every recorded call
-    (or, when ``calls`` is ``None``, on :func:`random_inputs` of ``old``). The
-    check passes when ``max |new - old| <= rtol * max(1, max |old|)`` on every
-    call, with ``rtol`` = :data:`LAYER_RTOL` in float64 and
-    :data:`E2E_TOL` in float32. Exceptions, shape mismatches and NaNs fail it.
+    Runs deep copies of both in float64 (falling back to float32 with a float32-sized tolerance if a
+    module refuses float64) on:
+
+    - every recorded call in ``calls`` (what the layer received in the model);
+    - random data of each captured shape (so all-zero, constant or empty activations cannot make a
+      wrong form pass), and random data one larger in every spatial dim (a form that only works at the
+      size it was checked on fails; with ``strict_sizes=False`` it passes and ``refused_sizes`` says which
+      size the original accepts and the new module refuses);
+    - without ``calls``, :func:`random_inputs` of ``old``.
+
+    The check passes when ``max |new - old| <= rtol * max(1, max |old|)`` on every input, with ``rtol`` =
+    :data:`LAYER_RTOL` in float64 and :data:`E2E_TOL` in float32, and at least one comparison was made on
+    non-constant data. Exceptions, shape mismatches and NaNs fail it. ``checked_on`` lists the inputs.
 
     >>> import pixelfold
     >>> conv = torch.nn.Conv2d(4, 4, 3, stride=2, padding=1)
@@ -387,15 +501,19 @@ def check_layer(
     True
     >>> check_layer(conv, torch.nn.Conv2d(4, 4, 3, stride=2, padding=1), None).ok
     False
+    >>> zeros = [((torch.zeros(1, 4, 6, 6),), {})]
+    >>> wrong = torch.nn.Conv2d(4, 4, 3, stride=2, padding=1)
+    >>> wrong.bias = conv.bias                      # right bias, wrong weight: equal on zeros
+    >>> check = check_layer(conv, wrong, zeros)
+    >>> check.ok, check.checked_on
+    (False, '')
     """
-    if calls is None:
-        rand = random_inputs(old)
-        if rand is None:
-            return LayerCheck(False, math.inf, math.nan, "-",
-                              f"cannot derive a test input for {type(old).__name__}; pass example_inputs")
-        calls = [(args, {}) for args in rand]
+    plan = _plan_calls(old, calls, seed)
+    if isinstance(plan, str):
+        return LayerCheck(False, math.inf, math.nan, "-", plan)
     last_err: Exception | None = None
     for dtype, default_rtol in ((torch.float64, LAYER_RTOL), (torch.float32, E2E_TOL)):
+        name = str(dtype).replace("torch.", "")
         tol_rel = default_rtol if rtol is None else rtol
         try:
             ma, mb = _prepared(old, dtype, True), _prepared(new, dtype, True)
@@ -403,26 +521,51 @@ def check_layer(
             last_err = err
             continue
         worst, worst_tol = 0.0, 0.0
+        done: list[tuple[str, str]] = []
+        refused: list[str] = []
+        skipped = 0
         try:
-            for args, kwargs in calls:
+            for kind, args, kwargs in plan:
                 a_args, a_kw = cast_floats(args, dtype), cast_floats(kwargs, dtype)
-                ref = _run(ma, a_args, a_kw)
+                if kind == "resized":
+                    try:
+                        ref = _run(ma, a_args, a_kw)
+                    except Exception:
+                        continue  # the original refuses that size too: nothing to hold the form to
+                else:
+                    ref = _run(ma, a_args, a_kw)
                 try:
                     out = _run(mb, a_args, a_kw)
                 except Exception as err:
-                    return LayerCheck(False, math.inf, math.nan, str(dtype).replace("torch.", ""),
+                    if kind == "resized":
+                        if strict_sizes:
+                            return LayerCheck(False, math.inf, math.nan, name,
+                                              f"the new module refuses input {_shape_text(a_args)}, which the "
+                                              f"original accepts ({type(err).__name__}: {err})")
+                        refused.append(_shape_text(a_args))
+                        continue
+                    return LayerCheck(False, math.inf, math.nan, name,
                                       f"the new module raised {type(err).__name__}: {err}")
-                err, scale = output_error(ref, out)
+                err_, scale = output_error(ref, out)
                 tol = tol_rel * max(1.0, scale if math.isfinite(scale) else 1.0)
-                if not err <= tol:
-                    shape = "outputs differ in structure or shape" if math.isinf(err) else (
-                        f"max |Δ| {err:.3g} > tolerance {tol:.3g}")
-                    return LayerCheck(False, err, tol, str(dtype).replace("torch.", ""),
-                                      f"not equivalent: {shape}")
-                worst, worst_tol = max(worst, err), max(worst_tol, tol)
+                if not err_ <= tol:
+                    shape = "outputs differ in structure or shape" if math.isinf(err_) else (
+                        f"max |Δ| {err_:.3g} > tolerance {tol:.3g}")
+                    return LayerCheck(False, err_, tol, name,
+                                      f"not equivalent on {kind} input {_shape_text(a_args)}: {shape}")
+                worst, worst_tol = max(worst, err_), max(worst_tol, tol)
+                if informative((a_args, a_kw)):
+                    done.append((kind, _shape_text(a_args)))
+                elif kind == "captured":
+                    skipped += 1
         except Exception as err:  # the *old* module refused this dtype / input: try float32
             last_err = err
             continue
-        return LayerCheck(True, worst, worst_tol, str(dtype).replace("torch.", ""))
+        if not done:
+            return LayerCheck(False, math.inf, math.nan, name,
+                              "nothing could be compared: every input was empty or constant and no random input "
+                              "of the same shapes ran; pass example_inputs with real data")
+        return LayerCheck(True, worst, worst_tol, name, checked_on=f"{name}: {_describe_checks(done, skipped)}",
+                          refused_sizes=", ".join(refused))
     return LayerCheck(False, math.inf, math.nan, "-",
                       f"could not run the original layer on its inputs ({type(last_err).__name__}: {last_err})")

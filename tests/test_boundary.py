@@ -422,3 +422,16 @@ def test_tune_and_rewrite_are_functions_and_modules():
     assert pf.tune.Plan is pixelfold.tune.Plan and pf.rewrite.Rule is pf.Rule
     _, report = pf.rewrite(nn.Conv2d(3, 3, 3, stride=2), "no_stride")
     assert len(report.changed) == 1
+
+
+@pytest.mark.parametrize("cls", [pf.SpaceToDepth, pf.DepthToSpace])
+@pytest.mark.parametrize("args, message", [
+    ((0,), "block (0,) must be positive in every dim"),
+    (((2, 0),), "block (2, 0) must be positive in every dim"),
+    ((2.5,), "block must be a positive int or a tuple of positive ints, got 2.5"),
+    ((2, "bogus"), "order 'bogus' is not one of ('crd', 'dcr', 'focus')"),
+])
+def test_rearrangement_modules_check_their_arguments(cls, args, message):
+    with pytest.raises(FoldError) as err:
+        cls(*args)
+    assert str(err.value) == message

@@ -33,7 +33,7 @@ from torch import nn
 from . import transforms as T
 from .errors import FoldError
 from .guards import readable_problem
-from .rearrange import check_block, depth_to_space, phase_permutation, space_to_depth
+from .rearrange import ORDERS, check_block, depth_to_space, phase_permutation, space_to_depth
 from .spec import ConvSpec, build_module, empty_module
 
 __all__ = [
@@ -65,6 +65,24 @@ def _as_conv(module: nn.Module, what: str, transposed: bool = False) -> nn.modul
 
 
 # ---------------------------------------------------------------------------- rearrangement modules
+def _module_block(block: int | Sequence[int]) -> int | tuple[int, ...]:
+    """A rearrangement module's block, checked when it is built (the dims are checked on the first input)."""
+    if isinstance(block, int) and not isinstance(block, bool):
+        b: int | tuple[int, ...] = check_block(block, 1)[0]
+    else:
+        try:
+            n = len(block)  # type: ignore[arg-type]
+        except TypeError:
+            raise FoldError(f"block must be a positive int or a tuple of positive ints, got {block!r}") from None
+        b = check_block(block, n)
+    return b
+
+
+def _module_order(order: str) -> str:
+    if order not in ORDERS:
+        raise FoldError(f"order {order!r} is not one of {ORDERS}")
+    return order
+
 class SpaceToDepth(nn.Module):
     """Module form of :func:`pixelfold.space_to_depth`.
 
@@ -74,8 +92,8 @@ class SpaceToDepth(nn.Module):
 
     def __init__(self, block: int | Sequence[int], order: str = "crd") -> None:
         super().__init__()
-        self.block = block
-        self.order = order
+        self.block = _module_block(block)
+        self.order = _module_order(order)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return space_to_depth(x, self.block, self.order)
@@ -93,8 +111,8 @@ class DepthToSpace(nn.Module):
 
     def __init__(self, block: int | Sequence[int], order: str = "crd") -> None:
         super().__init__()
-        self.block = block
-        self.order = order
+        self.block = _module_block(block)
+        self.order = _module_order(order)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return depth_to_space(x, self.block, self.order)

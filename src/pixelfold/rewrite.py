@@ -57,6 +57,7 @@ from torch import nn
 
 from . import verify as V
 from .errors import FoldError
+from .forms import rearrangement_of, unit_kind
 from .guards import hook_problem
 from .layers import (
     DepthToSpace,
@@ -86,7 +87,7 @@ __all__ = [
     "PROFILE_NAMES",
 ]
 
-NAMED_TRANSFORMS = ("fold", "polyphase", "subpixel", "transposed", "merge", "to_depth")
+NAMED_TRANSFORMS = ("fold", "polyphase", "subpixel", "transposed", "merge", "to_depth", "target")
 PROFILE_NAMES = ("no_stride", "no_transposed", "max_kernel=N", "min_channels=N", "same_pad")
 STATUSES = ("changed", "failed", "skipped", "kept")
 
@@ -317,8 +318,16 @@ class Rule:
     order: str = "crd"
     same_pad: bool = False
     label: str | None = None
+    target: Any = None
 
     def __post_init__(self) -> None:
+        if self.target is not None or self.transform == "target":
+            from . import targets
+
+            if self.target is None:
+                raise FoldError("Rule('target') needs target=<name, file or pixelfold.targets.Target>")
+            self.target = targets.get(self.target)
+            self.transform = "target"
         if isinstance(self.transform, str):
             if self.transform not in NAMED_TRANSFORMS:
                 raise FoldError(
@@ -352,6 +361,8 @@ class Rule:
     @property
     def transform_name(self) -> str:
         """The name the report uses for this rule's transform."""
+        if self.target is not None:
+            return self.target.name
         if isinstance(self.transform, str):
             return self.transform
         return self.label or getattr(self.transform, "__name__", "custom")
@@ -359,7 +370,7 @@ class Rule:
     @property
     def is_pair(self) -> bool:
         """True for transforms that act on two adjacent modules (``merge``, ``transposed``)."""
-        return self.transform in _PAIR_TRANSFORMS
+        return self.transform in _PAIR_TRANSFORMS or self.target is not None
 
     def matches_name(self, path: str) -> bool:
         """Does ``path`` match this rule's name pattern (always true without one)?"""
@@ -502,6 +513,13 @@ class Profile:
         )
 
     @classmethod
+    def target(cls, name: Any) -> "Profile":
+        """Rewrite exactly what the NPU target ``name`` rejects (:mod:`pixelfold.targets`), nothing else."""
+        rule = Rule("target", target=name)
+        return cls(rule.target.name, [rule], f"what {rule.target.name}'s compiler rejects becomes an exact form it "
+                   "runs; the rest is left as it is")
+
+    @classmethod
     def parse(cls, text: str) -> "Profile":
         """A profile from its name: ``"no_stride"``, ``"max_kernel=3"``, ``"no_stride+same_pad"``, ..."""
         tokens = [t.strip() for t in re.split(r"[+,]", text) if t.strip()]
@@ -519,6 +537,8 @@ class Profile:
                 profiles.append(cls.no_stride(same_pad))
             elif key == "no_transposed" and not value:
                 profiles.append(cls.no_transposed())
+            elif not value and _is_target(tok):
+                profiles.append(cls.target(tok))
             elif key in ("max_kernel", "min_channels"):
                 try:
                     n = int(value)
@@ -526,7 +546,10 @@ class Profile:
                     raise FoldError(f"profile {tok!r} needs an integer, e.g. '{key}=3'") from None
                 profiles.append(cls.max_kernel(n, same_pad) if key == "max_kernel" else cls.min_channels(n, same_pad))
             else:
-                raise FoldError(f"unknown profile {tok!r}; use one of {PROFILE_NAMES} (combine with '+')")
+                from . import targets
+
+                raise FoldError(f"unknown profile {tok!r}; use one of {PROFILE_NAMES} (combine with '+') or a target: "
+                                f"{', '.join(targets.names())} (or a .toml/.json target file)")
         out = profiles[0]
         for p in profiles[1:]:
             out = out + p
@@ -537,7 +560,18 @@ class Profile:
                        "; ".join(d for d in (self.description, other.description) if d))
 
 
+def _is_target(name: str) -> bool:
+    from . import targets
+
+    return targets.is_target(name)
+
+
 def _as_rules(rules: str | Profile | Rule | Sequence[Rule | Profile | str]) -> tuple[list[Rule], str]:
+    from .targets import Target
+
+    if isinstance(rules, Target):
+        p = Profile.target(rules)
+        return p.rules, p.name
     if isinstance(rules, str):
         p = Profile.parse(rules)
         return p.rules, p.name
@@ -849,9 +883,10 @@ def _wants_hidden(rule: Rule, path: str, module: nn.Module, spec: ConvSpec | Non
 
 
 class _Planner:
-    def __init__(self, model: nn.Module, rules: list[Rule]) -> None:
+    def __init__(self, model: nn.Module, rules: list[Rule], shapes: dict[str, tuple[int, ...]] | None = None) -> None:
         self.model = model
         self.rules = rules
+        self.shapes = shapes or {}
         self.paths_of: dict[int, list[str]] = defaultdict(list)
         for p, m in model.named_modules(remove_duplicate=False):
             self.paths_of[id(m)].append(p)
@@ -901,6 +936,11 @@ class _Planner:
         if len(self.paths_of.get(id(a), [])) > 1 or len(self.paths_of.get(id(b), [])) > 1:
             return None  # shared modules: replacing one use would change the other
         for k, rule in enumerate(self.rules):
+            if rule.target is not None:
+                site = self.target_pair(rule, pa, pb, a, b)
+                if site is not None:
+                    return site
+                continue
             if rule.transform == "merge" and isinstance(a, (SpaceToDepth, nn.PixelUnshuffle)):
                 conv, conv_path, kind = b, pb, "merge"
             elif rule.transform == "transposed" and isinstance(b, (DepthToSpace, nn.PixelShuffle)):
@@ -940,11 +980,68 @@ class _Planner:
             return site
         return None
 
+    # -- under a target: the solver decides
+    def target_pair(self, rule: Rule, pa: str, pb: str, a: nn.Module, b: nn.Module) -> _Site | None:
+        """A pair under a target rule: merge / transposed / reorder if the target rejects the pair as it is."""
+        from .targets.solver import solve
+
+        unit = nn.Sequential(a, b)
+        if unit_kind(unit) not in ("s2d+conv", "conv+d2s") or _allowed(rule, a) or _allowed(rule, b):
+            return None
+        decision = solve(unit, rule.target, self.shapes.get(pa), names=("merge", "transposed", "reorder"))
+        if not decision.changed:
+            return None  # kept as a pair: each module is still looked at alone
+        try:
+            new = decision.candidate.build(unit)  # type: ignore[union-attr]
+        except FoldError:
+            return None
+        if isinstance(new, nn.Sequential) and len(new) == 2:
+            parts = (new[0], new[1])
+        else:
+            parts = (nn.Identity(), new) if unit_kind(unit) == "s2d+conv" else (new, nn.Identity())
+        for part in parts:
+            part.train(b.training if unit_kind(unit) == "s2d+conv" else a.training)
+        entry = LayerChange(path=f"{pa}+{pb}", type=f"{_type_name(type(a))}+{_type_name(type(b))}",
+                            before=_describe(unit), transform=decision.candidate.label,  # type: ignore[union-attr]
+                            after=_describe(nn.Sequential(*parts)), status="pending", note=decision.reason)
+        site = _Site(entry, unit, nn.Sequential(*parts), [(pa, a, parts[0]), (pb, b, parts[1])], capture=pa)
+        self.sites.append(site)
+        self.entries.append(entry)
+        self.claimed.update((pa, pb))
+        return site
+
+    def target_single(self, rule: Rule, path: str, module: nn.Module, entry: LayerChange) -> bool:
+        """One unit under a target rule; True when the entry is decided (changed, or kept with the reason)."""
+        from .targets.solver import solve
+
+        reason = _allowed(rule, module)
+        if reason:
+            entry.status, entry.reason, entry.transform = "skipped", reason, rule.transform_name
+            return True
+        decision = solve(module, rule.target, self.shapes.get(path))
+        if not decision.changed:
+            if decision.original_violations:
+                entry.status, entry.reason, entry.transform = "skipped", decision.reason, rule.transform_name
+            return bool(decision.original_violations)
+        try:
+            new = decision.candidate.build(module)  # type: ignore[union-attr]
+        except FoldError as err:
+            entry.status, entry.reason = "skipped", str(err)
+            return True
+        new.train(module.training)
+        entry.transform, entry.after, entry.status = decision.candidate.label, _describe(new), "pending"  # type: ignore
+        entry.note = decision.reason
+        paths = self.paths_of.get(id(module), [path])
+        self.sites.append(_Site(entry, module, new, [(p, module, new) for p in paths], capture=path))
+        self.claimed.update(paths)
+        return True
+
     # -- single modules
     def visit(self, path: str, module: nn.Module) -> None:
         conv_like = _is_conv_like(module)
         focus = is_focus(module)
-        if not conv_like and not focus:
+        lone = rearrangement_of(module) is not None and any(r.target is not None for r in self.rules)
+        if not conv_like and not focus and not lone:
             return
         spec = _spec_of(module)
         hidden = type(module).__name__ in _HIDDEN_REASONS and not isinstance(module, nn.modules.conv._ConvNd)
@@ -952,6 +1049,10 @@ class _Planner:
                             before=str(spec) if spec is not None else _describe(module))
         reasons: list[str] = []
         for rule in self.rules:
+            if rule.target is not None:
+                if unit_kind(module) is not None and self.target_single(rule, path, module, entry):
+                    break
+                continue
             if rule.is_pair:
                 ok_single = (rule.transform == "merge" and focus) or (
                     rule.transform == "transposed" and isinstance(module, SubpixelConvTranspose))
@@ -1146,7 +1247,9 @@ def rewrite(
                 f"could not deep-copy the model ({type(err).__name__}: {err}); pass inplace=True to rewrite it "
                 "in place"
             ) from err
-    planner = _Planner(work, rule_list)
+    shapes = _input_shapes(work, example_inputs) if example_inputs is not None and any(
+        r.target is not None for r in rule_list) else {}
+    planner = _Planner(work, rule_list, shapes)
     planner.plan()
     planner.entries.sort(key=planner.position)
     report = RewriteReport(rules=label, entries=planner.entries)
@@ -1214,6 +1317,27 @@ def rewrite(
     if progress:
         print(f"[pixelfold] {report.summary()}", file=sys.stderr)
     return root.model, report
+
+
+def _input_shapes(model: nn.Module, example_inputs: Any) -> dict[str, tuple[int, ...]]:
+    """The shape of the first tensor each submodule receives in one forward pass (what a target checks)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = []
+    for name, module in model.named_modules():
+        def hook(_m: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+            if name not in shapes and args and isinstance(args[0], torch.Tensor):
+                shapes[name] = tuple(args[0].shape)
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        with V.eval_mode(model), torch.no_grad():
+            model(*V.as_args(example_inputs))
+    except Exception as err:
+        raise FoldError(f"the model raised {type(err).__name__} on example_inputs ({err}); pass inputs the "
+                        "original model accepts (a tensor or a tuple of positional arguments)") from err
+    finally:
+        for h in handles:
+            h.remove()
+    return shapes
 
 
 def _check_model(model: Any) -> None:

@@ -1,0 +1,227 @@
+"""NPU targets as data, the registry of forms, and the solver that rewrites only what a target rejects."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import pixelfold as pf
+from pixelfold import FoldError, forms, targets
+from pixelfold.forms import Op
+from pixelfold.spec import ConvSpec
+from pixelfold.targets import Target, condition_holds
+from pixelfold.targets.solver import expand, solve
+
+
+# ---------------------------------------------------------------------------- the condition language
+@pytest.mark.parametrize("attrs, key, cond, every, expected", [
+    ({"stride": (4, 4)}, "stride", ">3", False, True),
+    ({"stride": (4, 1)}, "stride", ">3", False, True),
+    ({"stride": (4, 1)}, "stride", ">3", True, False),
+    ({"kernel": (3, 5)}, "kernel", "odd", True, True),
+    ({"kernel": (3, 4)}, "kernel", "odd", True, False),
+    ({"kernel": (31, 1)}, "kernel", "1..31", True, True),
+    ({"kernel": (32, 1)}, "kernel", "1..31", True, False),
+    ({"kernel": (3, 7)}, "kernel_w", "<7", True, False),
+    ({"kernel": (3, 7)}, "kernel_h", "<7", True, True),
+    ({"kernel": (64, 64)}, "kernel_area", "1..4096", True, True),
+    ({"in_channels": 24}, "in_channels", "%8", True, True),
+    ({"in_channels": 20}, "in_channels", "%8", True, False),
+    ({"stride": (2, 2)}, "stride", [[1, 1], [2, 2]], True, True),
+    ({"stride": (2, 1)}, "stride", [[1, 1], [2, 2]], True, False),
+    ({"block": (3, 3)}, "block", [2, 4], True, False),
+    ({"order": "dcr"}, "order", "dcr", True, True),
+    ({"order": "crd"}, "order", ["dcr", "focus"], True, False),
+    ({"padding_valid": False}, "padding_valid", True, True, False),
+    ({}, "rank", "<=4", True, True),      # an attribute the op lacks satisfies a requirement...
+    ({}, "rank", "<=4", False, False),    # ...and never triggers a `when`
+])
+def test_conditions(attrs, key, cond, every, expected):
+    assert condition_holds(attrs, key, cond, every) is expected
+
+
+def test_bad_condition_syntax_fails_when_the_target_is_read():
+    with pytest.raises(FoldError, match="condition '> three' is not a value"):
+        Target.from_dict({"name": "x", "constraints": [{"ops": ["conv"], "require": {"stride": "> three"},
+                                                        "message": "m"}]})
+    with pytest.raises(FoldError, match=r"unknown keys \['requires'\]"):
+        Target.from_dict({"name": "x", "constraints": [{"ops": ["conv"], "requires": {}, "message": "m"}]})
+    with pytest.raises(FoldError, match="needs a 'message'"):
+        Target.from_dict({"name": "x", "constraints": [{"ops": ["conv"]}]})
+    with pytest.raises(FoldError, match="lowering 'rank5' is not"):
+        Target.from_dict({"name": "x", "lowering": "rank5"})
+
+
+def test_user_defined_target_files(tmp_path):
+    data = {"name": "my-npu", "lowering": "rank4", "constraints": [
+        {"ops": ["conv"], "require": {"stride": [1, 2]}, "message": "stride 1 or 2 only", "source": "my datasheet"}]}
+    (tmp_path / "npu.json").write_text(json.dumps(data))
+    (tmp_path / "npu.toml").write_text('name = "my-npu"\nlowering = "rank4"\n[[constraints]]\nops = ["conv"]\n'
+                                       'require = { stride = [1, 2] }\nmessage = "stride 1 or 2 only"\n')
+    for path in ("npu.json", "npu.toml"):
+        t = targets.get(str(tmp_path / path))
+        assert t.name == "my-npu" and [c.message for c in t.constraints] == ["stride 1 or 2 only"]
+        new, report = pf.rewrite(nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1)), str(tmp_path / path),
+                                 example_inputs=torch.randn(1, 3, 32, 32))
+        assert [e.status for e in report.entries] == ["changed"]
+    (tmp_path / "bad.toml").write_text("name = \n")
+    with pytest.raises(FoldError, match="is not valid toml"):
+        targets.get(str(tmp_path / "bad.toml"))
+    with pytest.raises(FoldError, match="unknown target 'nope'; built-in targets: dla, ethos-n"):
+        targets.get("nope")
+
+
+@pytest.mark.parametrize("name", targets.names())
+def test_builtin_targets_cite_their_sources(name):
+    t = targets.get(name)
+    assert t.sources and t.description
+    for c in t.constraints:
+        assert c.message and c.source, (name, c)
+    judged = {"ethos-u55-128": "vela", "ethos-u65-256": "vela", "ethos-u85-256": "vela",
+              "rk3588": "rknn", "rk3568": "rknn", "rk3576": "rknn", "rv1106": "rknn"}
+    assert t.judge == judged.get(name) and t.judged == (name in judged)
+
+
+# ---------------------------------------------------------------------------- the registry of forms
+def test_lowered_rearrangements():
+    d2s = Op("depth_to_space", block=(2, 2), order="dcr")
+    assert expand([d2s], targets.get("onnxruntime")) == [d2s]
+    assert [str(o) for o in forms.lowered(d2s, "rank4")] == ["reshape rank 4", "transpose rank 4", "reshape rank 4"]
+    assert [o.rank for o in forms.lowered(d2s, "reshape")] == [6, 6, 4]
+    torch_op = Op("depth_to_space", block=(2, 2), order="crd", note="torch")
+    assert forms.lowered(torch_op, "rank4") == [torch_op]  # torch's PixelShuffle is exported natively
+
+
+@settings(max_examples=60, deadline=None)
+@given(dims=st.integers(1, 2), stride=st.integers(1, 4), kernel=st.integers(1, 5), padding=st.integers(0, 2),
+       groups=st.sampled_from([1, 2]), transposed=st.booleans(), data=st.data())
+def test_every_candidate_is_exact(dims, stride, kernel, padding, groups, transposed, data):
+    torch.manual_seed(0)
+    if transposed:
+        padding = min(padding, kernel - 1)
+        m = (nn.ConvTranspose1d, nn.ConvTranspose2d)[dims - 1](2 * groups, 2 * groups, kernel, stride, padding,
+                                                                groups=groups).double()
+    else:
+        m = (nn.Conv1d, nn.Conv2d)[dims - 1](2 * groups, 4, kernel, stride, padding, groups=groups).double()
+    size = data.draw(st.integers(max(kernel, 2 * padding + 1) + 1, 12))
+    x = torch.randn(2, 2 * groups, *([size] * dims), dtype=torch.float64)
+    ref = m(x)
+    for cand in forms.candidates(m, input_shape=tuple(x.shape)):
+        if cand.form != "original" and forms.FORMS[cand.form].restricts_sizes and any(
+                size % b for b in cand.options["block"]):
+            with pytest.raises(FoldError, match="not divisible by block"):  # to_depth: multiples of the block only
+                cand.build(m)(x)
+            continue
+        got = cand.build(m)(x)
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-10, msg=cand.label)
+
+
+def test_pair_and_lone_rearrangement_candidates_are_exact():
+    torch.manual_seed(0)
+    units = [
+        (nn.Sequential(nn.Conv2d(8, 27, 3, padding=1), nn.PixelShuffle(3)), (1, 8, 5, 6)),
+        (nn.Sequential(pf.SpaceToDepth(2, "dcr"), nn.Conv2d(12, 5, 3)), (1, 3, 8, 10)),
+        (nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(12, 5, 3, padding=1)), (2, 3, 8, 8)),
+        (nn.Sequential(pf.FocusSlice(), nn.Conv2d(12, 5, 3, padding=1)), (1, 3, 8, 8)),
+        (nn.PixelShuffle(2), (1, 12, 3, 4)),
+        (pf.DepthToSpace(3, "dcr"), (1, 18, 3, 4)),
+        (pf.SpaceToDepth(2, "focus"), (1, 3, 4, 6)),
+    ]
+    for unit, shape in units:
+        unit = unit.double()
+        x = torch.randn(*shape, dtype=torch.float64)
+        labels = []
+        for cand in forms.candidates(unit, input_shape=shape):
+            torch.testing.assert_close(cand.build(unit)(x), unit(x), rtol=0, atol=1e-10, msg=cand.label)
+            labels.append(cand.label)
+        assert len(labels) >= 2, (unit, labels)
+
+
+# ---------------------------------------------------------------------------- the solver
+# (unit, input shape, target, expected form or None to keep) — the cases shared/ARCHITECTURE.md measured
+CASES = [
+    (lambda: nn.Conv2d(3, 16, 7, stride=4, padding=3), (1, 3, 64, 64), "ethos-u55-128", "fold"),
+    (lambda: nn.Conv2d(3, 16, 7, stride=4, padding=3), (1, 3, 64, 64), "ethos-u85-256", None),
+    (lambda: nn.Conv2d(3, 16, 8, stride=8), (1, 3, 64, 64), "ethos-u55-128", None),
+    (lambda: nn.ConvTranspose2d(8, 8, 4, stride=4), (1, 8, 16, 16), "ethos-u55-128", "subpixel"),
+    (lambda: nn.ConvTranspose2d(8, 8, 4, stride=4), (1, 8, 16, 16), "ethos-u85-256", None),
+    (lambda: nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1), (1, 8, 16, 16), "ethos-u55-128", None),
+    (lambda: nn.ConvTranspose2d(8, 8, 3, stride=3), (1, 8, 16, 16), "rk3588", "subpixel"),
+    (lambda: nn.ConvTranspose2d(8, 8, 3, stride=3), (1, 8, 16, 16), "rk3576", None),
+    (lambda: nn.Sequential(pf.FocusSlice(), nn.Conv2d(12, 16, 3, padding=1)), (1, 3, 64, 64), "ethos-u55-128",
+     "merge"),
+    (lambda: nn.Sequential(nn.Conv2d(8, 27, 3, padding=1), nn.PixelShuffle(3)), (1, 8, 16, 16), "ethos-u55-128",
+     "reorder"),
+    (lambda: nn.Sequential(nn.Conv2d(8, 27, 3, padding=1), nn.PixelShuffle(3)), (1, 8, 16, 16), "nnapi", "reorder"),
+    (lambda: nn.PixelShuffle(3), (1, 27, 16, 16), "dla", "onehot"),
+    (lambda: nn.Conv2d(3, 16, 8, stride=8), (1, 3, 64, 64), "tidl", "fold"),
+]
+
+
+@pytest.mark.parametrize("build, shape, target, expected", CASES)
+def test_solver_rewrites_only_what_the_target_rejects(build, shape, target, expected):
+    unit = build()
+    t = targets.get(target)
+    d = solve(unit, t, shape)
+    assert (d.candidate.form if d.changed else None) == expected, d.reason
+    if d.changed:
+        assert not t.rejects(expand(d.candidate.ops, t))
+        assert d.original_violations and d.reason.startswith(f"{target} rejects ")
+        x = torch.randn(*shape)
+        torch.testing.assert_close(d.candidate.build(unit)(x), unit(x), rtol=1e-5, atol=1e-5)
+    else:
+        assert d.reason == f"{target} runs it as it is"
+
+
+def test_solver_says_why_when_nothing_fits():
+    d = solve(nn.PixelShuffle(3), targets.get("ethos-n"), (1, 27, 8, 8))
+    assert not d.changed
+    assert d.reason.startswith("ethos-n rejects depth_to_space 3×3 crd: DepthToSpace: block size 2; "
+                               "no exact form runs on it")
+
+
+def test_solver_prefers_dcr_where_it_emits_fewer_ops():
+    d = solve(nn.Conv2d(3, 16, 7, stride=4, padding=3), targets.get("ethos-u55-128"), (1, 3, 64, 64))
+    assert d.candidate.options["order"] == "dcr"
+
+
+# ---------------------------------------------------------------------------- rewrite with a target
+class _SR(nn.Module):  # an ESPCN-like net with a k7/s4 stem and a stride-4 deconv
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 7, stride=4, padding=3)
+        self.up = nn.ConvTranspose2d(16, 8, 4, stride=4)
+        self.tail = nn.Sequential(nn.Conv2d(8, 27, 3, padding=1), nn.PixelShuffle(3))
+
+    def forward(self, x):
+        return self.tail(torch.relu(self.up(torch.relu(self.stem(x)))))
+
+
+@pytest.mark.parametrize("target, changed", [
+    ("ethos-u55-128", {"stem", "up", "tail.0+tail.1"}),
+    ("rk3588", {"tail.0+tail.1"}),
+    ("onnxruntime", set()),
+])
+def test_rewrite_for_a_target(target, changed):
+    torch.manual_seed(0)
+    model = _SR().eval()
+    x = torch.randn(1, 3, 32, 32)
+    new, report = pf.rewrite(model, target, example_inputs=x)
+    assert {e.path for e in report.changed} == changed, report
+    assert report.ok and not report.failed
+    assert all(e.note.startswith(f"{target} rejects ") for e in report.changed)
+    torch.testing.assert_close(new(x), model(x), rtol=1e-5, atol=1e-5)
+    if not changed:
+        assert all(type(a) is type(b) for a, b in zip(new.modules(), model.modules()))
+
+
+def test_target_names_work_like_profiles():
+    assert pf.Profile.parse("rk3588").name == "rk3588"
+    assert pf.Rule("target", target="ethos-u55-128").transform_name == "ethos-u55-128"
+    with pytest.raises(FoldError, match="unknown profile 'rk9999'; use one of .* or a target: dla, ethos-n"):
+        pf.Profile.parse("rk9999")

@@ -81,11 +81,18 @@ def test_apply_plan_refuses_a_plan_for_another_model():
 
 def test_candidate_forms_cover_the_exact_forms():
     assert candidate_forms(nn.Conv2d(3, 8, 3)) == []
-    assert candidate_forms(nn.Conv2d(3, 8, 3, stride=(2, 1))) == [("fold", {"block": [2, 1]})]
-    forms = candidate_forms(nn.Conv2d(3, 8, 16, stride=16))
-    assert forms == [("fold", {"block": [b, b]}) for b in (2, 4, 8, 16)] + [("patch_linear", {})]
+    assert candidate_forms(nn.Conv2d(3, 8, 3, stride=(2, 1))) == [("fold", {"block": (2, 1), "order": o})
+                                                                  for o in ("crd", "dcr")]
+    found = candidate_forms(nn.Conv2d(3, 8, 16, stride=16))
+    assert found == ([("fold", {"block": (b, b), "order": o}) for b in (2, 4, 8, 16) for o in ("crd", "dcr")]
+                     + [("patch_linear", {"order": o}) for o in ("crd", "dcr")])
     assert candidate_forms(nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(12, 4, 3))) == [("merge", {})]
     assert candidate_forms(nn.ConvTranspose1d(2, 2, 3, stride=1)) == []
+    # the seed's stride-1 48×48 conv: every polyphase block within the MAC bound (issue 12)
+    assert [o["block"] for n, o in candidate_forms(nn.Conv2d(1, 1, 48)) if o["order"] == "crd"] == [
+        (2, 2), (4, 4), (8, 8), (16, 16)]
+    assert candidate_forms(nn.Sequential(nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.PixelShuffle(2))) == [
+        ("transposed", {})]
     with pytest.raises(FoldError, match="unknown form"):
         build_form(nn.Conv2d(1, 1, 1), "magic", {})
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import math
-import statistics
 import sys
 import textwrap
 import time as _time
@@ -36,6 +35,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from . import timing
 from .errors import FoldError
 from .layers import PhaseConv, polyphase, to_space
 from .rearrange import check_block, depth_to_space
@@ -280,43 +280,19 @@ def _check_size(size: tuple[int, ...], min_size: tuple[int, ...], macs_at: Calla
     return tuple(cur)
 
 
-def _import_benchmark() -> Any:
-    """``torch.utils.benchmark``, without the "No CUDA runtime is found" warning its import logs on CPU-only hosts."""
-    import logging
-
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        from torch.utils import benchmark
-    finally:
-        logger.setLevel(level)
-    return benchmark
-
-
 def _median_times(cases: dict[str, tuple[Callable[..., Any], Any]], min_run_time: float, rounds: int = 4,
                   spread: dict[str, float] | None = None
                   ) -> dict[str, float]:
-    """Median per-call time of each case, about ``min_run_time`` s each, interleaved over ``rounds`` rounds.
+    """Median per-call time (s) of each case, about ``min_run_time`` s each, interleaved over ``rounds`` rounds.
 
     ``spread``, if given, receives each case's interquartile range over its median.
     """
-    benchmark = _import_benchmark()
-    samples: dict[str, list[float]] = {name: [] for name in cases}
+    fns = {name: (lambda fn=fn, arg=arg: fn(arg)) for name, (fn, arg) in cases.items()}
     with torch.no_grad():
-        for fn, arg in cases.values():
-            fn(arg)  # warm-up
-        for _ in range(rounds):
-            for name, (fn, arg) in cases.items():
-                timer = benchmark.Timer(stmt="fn(arg)", globals={"fn": fn, "arg": arg},
-                                        num_threads=torch.get_num_threads())
-                samples[name].extend(timer.blocked_autorange(min_run_time=min_run_time / rounds).times)
-    medians = {name: statistics.median(ts) for name, ts in samples.items()}
-    if spread is not None:  # interquartile range / median, per case
-        for name, ts in samples.items():
-            q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [ts[0]] * 3
-            spread[name] = (q[2] - q[0]) / medians[name]
-    return medians
+        t = timing.interleaved(fns, rounds, min_run_time / rounds)
+    if spread is not None:
+        spread.update({name: t.spread(name) for name in cases})
+    return {name: t.median(name) / 1e3 for name in cases}
 
 
 # ---------------------------------------------------------------------------- the report

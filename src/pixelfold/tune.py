@@ -15,18 +15,16 @@ from __future__ import annotations
 import copy
 import datetime
 import json
-import math
 import platform
-import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from . import layers, verify
+from . import forms, timing, verify
 from .errors import FoldError
 from .spec import ConvSpec
 
@@ -38,46 +36,27 @@ _PLAIN_CONVTS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
 
 # ---------------------------------------------------------------------------- candidates
-def _divisor_blocks(stride: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Blocks that divide the stride: the same factor in every strided dim, plus the stride itself."""
-    out: list[tuple[int, ...]] = []
-    for f in range(2, max(stride) + 1):
-        b = tuple(f if s % f == 0 else 1 for s in stride)
-        if any(v > 1 for v in b) and b not in out:
-            out.append(b)
-    if any(s > 1 for s in stride) and tuple(stride) not in out:
-        out.append(tuple(stride))
-    return out
+#: Forms tune times (from :data:`pixelfold.forms.FORMS`); to_depth accepts fewer input sizes, and the
+#: rearrangement-only forms (reorder, rearrange, onehot) are for NPU targets, not for speed.
+TUNED_FORMS = ("fold", "polyphase", "patch_linear", "subpixel", "transposed", "merge")
 
 
-def candidate_forms(module: nn.Module) -> list[tuple[str, dict[str, Any]]]:
-    """The exact forms pixelfold can build for ``module`` besides the original.
+def candidate_forms(module: nn.Module, input_shape: Sequence[int] | None = None,
+                    names: Sequence[str] | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """The exact forms tune tries for ``module`` besides the original (from the registry of forms).
 
     >>> candidate_forms(torch.nn.Conv2d(3, 64, 7, stride=2, padding=3))
-    [('fold', {'block': [2, 2]})]
+    [('fold', {'block': (2, 2), 'order': 'crd'}), ('fold', {'block': (2, 2), 'order': 'dcr'})]
     >>> [name for name, _ in candidate_forms(torch.nn.Conv2d(3, 96, 4, stride=4))]
-    ['fold', 'fold', 'patch_linear']
-    >>> candidate_forms(torch.nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1))
-    [('subpixel', {'form': 'shared'}), ('subpixel', {'form': 'phases'})]
+    ['fold', 'fold', 'fold', 'fold', 'patch_linear', 'patch_linear']
+    >>> candidate_forms(torch.nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1))[-1]
+    ('subpixel', {'form': 'phases'})
+    >>> [o["block"] for n, o in candidate_forms(torch.nn.Conv2d(1, 1, 48, bias=False)) if o["order"] == "crd"]
+    [(2, 2), (4, 4), (8, 8), (16, 16)]
     """
-    if type(module) in _PLAIN_CONVS:
-        spec = ConvSpec.from_module(module)
-        forms: list[tuple[str, dict[str, Any]]] = [("fold", {"block": list(b)}) for b in _divisor_blocks(spec.stride)]
-        if (spec.kernel == spec.stride and all(lo == hi == 0 for lo, hi in spec.padding)
-                and all(d == 1 for d in spec.dilation) and spec.groups == 1 and any(s > 1 for s in spec.stride)):
-            forms.append(("patch_linear", {}))
-        return forms
-    if type(module) in _PLAIN_CONVTS and any(s > 1 for s in module.stride):
-        return [("subpixel", {"form": "shared"}), ("subpixel", {"form": "phases"})]
-    if layers.is_focus(module) or _is_s2d_pair(module):
-        return [("merge", {})]
-    return []
-
-
-def _is_s2d_pair(module: nn.Module) -> bool:
-    return (isinstance(module, nn.Sequential) and len(module) == 2
-            and isinstance(module[0], (nn.PixelUnshuffle, layers.SpaceToDepth))
-            and type(module[1]) in _PLAIN_CONVS)
+    allowed = [n for n in TUNED_FORMS if names is None or n in names]
+    return [(c.form, c.options) for c in forms.candidates(module, names=allowed, include_original=False,
+                                                          input_shape=input_shape)]
 
 
 def build_form(module: nn.Module, name: str, options: dict[str, Any], freeze: bool = False) -> nn.Module:
@@ -86,22 +65,10 @@ def build_form(module: nn.Module, name: str, options: dict[str, Any], freeze: bo
     The form shares ``module``'s Parameters and stays trainable and checkpoint-loadable; ``freeze=True``
     bakes its weight for inference (it still follows later weight changes, see ``freeze()``).
     """
-    if name == "original":
-        return module
-    built: nn.Module
-    if name == "fold":
-        built = layers.fold(module, tuple(options["block"]), options.get("order", "crd"))
-    elif name == "patch_linear":
-        built = layers.PatchLinear(module, options.get("order", "crd"))
-    elif name == "subpixel":
-        built = layers.subpixel(module, options.get("form", "shared"))
-    elif name == "merge":
-        return layers.merge(module)
-    else:
-        built = None  # type: ignore[assignment]
-    if built is not None:
-        return built.freeze() if freeze and hasattr(built, "freeze") else built
-    raise FoldError(f"unknown form {name!r}; known: original, fold, patch_linear, subpixel, merge")
+    built = forms.build(module, name, options)
+    if freeze and built is not module and callable(getattr(built, "freeze", None)):
+        built.freeze()
+    return built
 
 
 # ---------------------------------------------------------------------------- plan
@@ -179,26 +146,9 @@ def _label(name: str, options: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------- measuring
 def _time_ms(fns: dict[str, Callable[[], Any]], rounds: int, min_run_time: float,
              baseline: str) -> tuple[dict[str, float], dict[str, float]]:
-    """``(median ms, ratio to baseline)`` of each callable, timed back to back in ``rounds`` rounds.
-
-    The order rotates every round; a ratio is the median of the per-round
-    ratios, so a slow phase of the machine (another process, a clock change)
-    lands on both sides of it rather than on one candidate.
-    """
-    from torch.utils import benchmark  # imported here: it loads the C++ extension machinery
-
-    keys = list(fns)
-    samples: dict[str, list[float]] = {k: [] for k in keys}
-    for fn in fns.values():  # warm-up
-        fn()
-    for r in range(rounds):
-        k = r % len(keys)
-        for key in keys[k:] + keys[:k]:
-            t = benchmark.Timer(stmt="fn()", globals={"fn": fns[key]}, num_threads=torch.get_num_threads())
-            samples[key].append(t.blocked_autorange(min_run_time=min_run_time).median * 1e3)
-    times = {k: statistics.median(v) for k, v in samples.items()}
-    ratios = {k: statistics.median(a / b for a, b in zip(v, samples[baseline])) for k, v in samples.items()}
-    return times, ratios
+    """``(median ms, ratio to baseline)`` of each callable, timed interleaved (:func:`pixelfold.timing.interleaved`)."""
+    t = timing.interleaved(fns, rounds, min_run_time)
+    return t.medians(), t.ratios(baseline)
 
 
 def cpu_name() -> str:
@@ -241,7 +191,7 @@ def _eligible(model: nn.Module) -> list[str]:
             continue
         if candidate_forms(module):
             paths.append(path)
-            if layers.is_focus(module) or _is_s2d_pair(module):
+            if forms.unit_kind(module) in ("s2d+conv", "conv+d2s"):
                 taken.append(path)
     return paths
 
@@ -312,8 +262,9 @@ def tune(
         if path not in captured:
             continue  # not reached by this input
         args = captured[path]
-        forms = [(n, o) for n, o in candidate_forms(module) if allowed is None or n in allowed]
-        if not forms:
+        shape = tuple(args[0].shape) if args and isinstance(args[0], torch.Tensor) else None
+        cands = candidate_forms(module, shape, names=allowed)
+        if not cands:
             continue
         spec = str(ConvSpec.from_module(module)) if isinstance(module, nn.modules.conv._ConvNd) else type(module).__name__
         built: dict[str, nn.Module] = {"original": module}
@@ -321,7 +272,7 @@ def tune(
         options_of: dict[str, tuple[str, dict[str, Any]]] = {"original": ("original", {})}
         with torch.no_grad():
             scale = float(module(*args).abs().max()) if isinstance(args[0], torch.Tensor) else 1.0
-        for name, opts in forms:
+        for name, opts in cands:
             label = _label(name, opts)
             try:
                 cand = build_form(module, name, opts).to(dev).eval()

@@ -37,7 +37,7 @@ from .errors import FoldError
 from .spec import ConvSpec
 
 __all__ = ["Op", "Candidate", "FormDef", "FORMS", "unit_kind", "unit_spec", "candidates", "build", "original_ops",
-           "rearrangement_of", "lowered", "MAX_MAC_RATIO"]
+           "rearrangement_of", "lowered", "is_patch", "MAX_MAC_RATIO"]
 
 #: Forms whose MACs exceed the original's by more than this factor are not listed (polyphase blocks grow fast).
 MAX_MAC_RATIO = 2.5
@@ -322,7 +322,8 @@ def _polyphase_options(module: nn.Module, spec: ConvSpec | None, shape: Shape = 
             yield {"block": block, "order": order}
 
 
-def _is_patch(spec: ConvSpec) -> bool:
+def is_patch(spec: ConvSpec) -> bool:
+    """A patchify conv: kernel = stride (> 1), no padding, dilation 1, one group."""
     return (spec.kernel == spec.stride and all(lo == hi == 0 for lo, hi in spec.padding)
             and all(d == 1 for d in spec.dilation) and spec.groups == 1 and any(s > 1 for s in spec.stride))
 
@@ -517,7 +518,7 @@ FORMS: dict[str, FormDef] = {
         _build_polyphase),
     "patch_linear": FormDef(
         "patch_linear", ("conv",), "a patchify conv (kernel = stride, no padding) as one matrix product",
-        lambda m, s, shape: ({"order": o} for o in ("crd", "dcr")) if s is not None and _is_patch(s) else iter(()),
+        lambda m, s, shape: ({"order": o} for o in ("crd", "dcr")) if s is not None and is_patch(s) else iter(()),
         _patch_ops, lambda m, o: L.PatchLinear(m, o.get("order", "crd"))),
     "to_depth": FormDef(
         "to_depth", ("conv",), "space_to_depth(block) → conv (stride and padding divisible by the block)",

@@ -57,10 +57,12 @@ from torch import nn
 
 from . import verify as V
 from .errors import FoldError
+from . import forms
 from .forms import rearrangement_of, unit_kind
 from .guards import hook_problem
 from .layers import (
     DepthToSpace,
+    PatchLinear,
     PhaseConv,
     SpaceToDepth,
     SubpixelConvTranspose,
@@ -87,8 +89,8 @@ __all__ = [
     "PROFILE_NAMES",
 ]
 
-NAMED_TRANSFORMS = ("fold", "polyphase", "subpixel", "transposed", "merge", "to_depth", "target")
-PROFILE_NAMES = ("no_stride", "no_transposed", "max_kernel=N", "min_channels=N", "same_pad")
+NAMED_TRANSFORMS = ("fold", "polyphase", "subpixel", "transposed", "merge", "to_depth", "patch_linear", "target")
+PROFILE_NAMES = ("no_stride", "no_transposed", "patch_linear", "max_kernel=N", "min_channels=N", "same_pad")
 STATUSES = ("changed", "failed", "skipped", "kept")
 
 _PLAIN_CONVS: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -136,6 +138,10 @@ def _describe(module: nn.Module | None) -> str:
         if math.prod(module.out_block) > 1:
             parts.append(f"d2s {_fmt(module.out_block)}")
         return " → ".join(parts)
+    if isinstance(module, PatchLinear):
+        k = module.spec.kernel
+        return (f"patches {_fmt(k)}{'' if module.order == 'crd' else ' dcr'} → linear "
+                f"{module.spec.in_channels * math.prod(k)}→{module.spec.out_channels}")
     if isinstance(module, SubpixelConvTranspose):
         inner = str(module.inner) if module.form == "shared" else f"{len(module.live)} phase convs"
         return f"{inner} → d2s {_fmt(module.spec.stride)}"
@@ -490,6 +496,13 @@ class Profile:
         return cls("no_transposed", [Rule("subpixel")], "every nn.ConvTransposeNd becomes conv + depth_to_space")
 
     @classmethod
+    def patch_linear(cls) -> "Profile":
+        """Every patchify conv (kernel = stride, no padding, one group) → one matrix product (:class:`PatchLinear`)."""
+        return cls("patch_linear", [Rule("patch_linear", where=forms.is_patch)],
+                   "every patch-embedding conv (kernel = stride, no padding, dilation 1, one group) becomes one "
+                   "F.linear on its patches")
+
+    @classmethod
     def max_kernel(cls, n: int, same_pad: bool = False) -> "Profile":
         """Convs with a kernel extent > ``n`` → fold with the smallest block that brings it to ≤ ``n``."""
         if n < 1:
@@ -537,6 +550,8 @@ class Profile:
                 profiles.append(cls.no_stride(same_pad))
             elif key == "no_transposed" and not value:
                 profiles.append(cls.no_transposed())
+            elif key == "patch_linear" and not value:
+                profiles.append(cls.patch_linear())
             elif not value and _is_target(tok):
                 profiles.append(cls.target(tok))
             elif key in ("max_kernel", "min_channels"):
@@ -855,6 +870,9 @@ def _build_single(rule: Rule, module: nn.Module, spec: ConvSpec | None) -> tuple
     if name == "to_depth":
         block = _resolve_block(rule.block, spec, spec.stride)
         return nn.Sequential(SpaceToDepth(block, rule.order), to_depth(module, block, rule.order)), "to_depth"
+    if name == "patch_linear":
+        order = rule.order if rule.order in ("crd", "dcr") else "crd"
+        return forms.build(module, "patch_linear", {"order": order}), "patch_linear"
     raise FoldError(f"unknown transform {name!r}")  # pragma: no cover - validated in Rule
 
 

@@ -75,19 +75,25 @@ def _err(actual: torch.Tensor | None, ref: torch.Tensor | None) -> tuple[bool, s
 
 
 def _nonfinite_match(actual: torch.Tensor, ref: torch.Tensor) -> tuple[bool, str]:
+    """NaN, +inf and -inf at the same positions, finite values within tolerance; the detail starts with a category."""
     if tuple(actual.shape) != tuple(ref.shape):
         return False, f"shape {tuple(actual.shape)} != original's {tuple(ref.shape)}"
-    bad = []
+    bad, cats = [], []
     for name, f in (("NaN", torch.isnan), ("+inf", lambda t: t == math.inf), ("-inf", lambda t: t == -math.inf)):
         a, r = f(actual), f(ref)
         if not torch.equal(a, r):
-            bad.append(f"{name}: {int((a & ~r).sum())} extra, {int((r & ~a).sum())} missing of {int(r.sum())}")
+            extra, missing = int((a & ~r).sum()), int((r & ~a).sum())
+            bad.append(f"{name}: {extra} extra, {missing} missing of {int(r.sum())}")
+            cats += (["extra non-finite"] if extra else []) + (["missing non-finite"] if missing else [])
     fin = torch.isfinite(actual) & torch.isfinite(ref)
     if fin.any():
         ok, d = _err(actual[fin], ref[fin])
         if not ok:
             bad.append("finite values: " + d)
-    return not bad, "; ".join(bad) or f"{int((~torch.isfinite(ref)).sum())} non-finite positions match"
+            cats.append("finite values differ")
+    if not bad:
+        return True, f"{int((~torch.isfinite(ref)).sum())} non-finite positions match"
+    return False, " + ".join(dict.fromkeys(cats)) + " (" + "; ".join(bad) + ")"
 
 
 def _weight_map(spec: Spec, conv: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -74,6 +74,8 @@ def known_defect(spec: Spec, outcome: Outcome) -> str | None:
 def failure_class(outcome: Outcome) -> str:
     """A failure's kind, with the refusal's message head (numbers elided) and the known defect it matches."""
     label = outcome.kind
+    if outcome.kind == "nonfinite-mismatch":
+        label += ": " + outcome.detail.split(" (")[0]
     if outcome.kind in ("refused-claimed", "crash"):
         head = outcome.detail.split(";")[0]
         head = re.sub(r"\d+", "N", head)

@@ -321,7 +321,7 @@ def _outside_transposed(spec: Spec) -> list[str]:
         why.append("padding_mode≠zeros")
     if any(lo != hi or lo > k - 1 for (lo, hi), k in zip(pads_of(spec), spec["k"])):
         why.append("padding unequal or > kernel-1")
-    if spec["bias_kind"] == "free":
+    if spec["bias_kind"] == "free" and math.prod(spec["block"]) > 1:
         why.append("bias differs between phases")
     if spec["cout"] % (math.prod(spec["block"]) * spec["g"]):
         why.append("out_channels/prod(block) not divisible by groups")

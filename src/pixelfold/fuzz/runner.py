@@ -38,6 +38,10 @@ def _asymmetric_same(s: Spec, o: Outcome) -> bool:
             and "asymmetric" in o.detail)
 
 
+def _size1_stride_backward(s: Spec, o: Outcome) -> bool:
+    return s["t"] in ("fold", "polyphase") and o.kind == "crash" and "grad_weight must be contiguous" in o.detail
+
+
 def _merge_mode(s: Spec, o: Outcome) -> bool:
     return (s["t"] == "merge" and o.kind == "refused-claimed" and s["mode"] in ("reflect", "replicate")
             and "padding_mode" in o.detail)
@@ -56,6 +60,9 @@ KNOWN: list[tuple[str, str, Callable[[Spec, Outcome], bool]]] = [
      "to_space/to_depth/merge", _asymmetric_same),
     ("merge-grouped", "issue 9 'Also': grouped conv after space-to-depth refused by merge (an exact groups=1 "
      "merge exists)", _merge_grouped),
+    ("backward-size1-stride", "issue 9 (crashes): 'polyphase backward in float64 for size-1 dims' — fold too: "
+     "space_to_depth returns a size-1 dim with a stride PyTorch's float64 conv backward rejects",
+     _size1_stride_backward),
     ("nonfinite-zero-taps", "issue 9 item 5: an inf/NaN input pixel times a structural zero tap gives NaN "
      "where the original is finite (--nonfinite only)", lambda s, o: o.kind == "nonfinite-mismatch"),
     ("merge-padding-mode", "fuzz: README says merge is exact 'always', but reflect/replicate after "

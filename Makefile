@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The test environment pins torch/torchvision (found on local disk); the library itself asks for torch>=2.4.
 PINS   := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test sweep bench bench-quick clean
+.PHONY: demo test sweep fuzz bench bench-quick clean
 
 $(STAMP): pyproject.toml requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,9 @@ test: $(STAMP)
 
 sweep: $(STAMP)
 	$(PY) -m pytest -q -m slow tests/test_model_sweep.py --run-slow
+
+fuzz: $(STAMP)
+	$(PY) -m pixelfold.fuzz --n $(or $(N),1000)
 
 bench: $(STAMP)
 	MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736 $(PY) -m pixelfold bench --out benchmarks/results

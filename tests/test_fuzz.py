@@ -49,11 +49,16 @@ _2D = dict(dims=2, k=[1, 1], s=[1, 1], p=[0, 0], d=[1, 1])
 _TR = dict(bias_kind="none", shuffle="d2s", trim=True)
 _MERGE = dict(step="s2d", block=[2], order="crd", C=1, call="seq")
 # (known defect, spec, nonfinite, what counts as fixed)
-REPRODUCERS = [
+# Defects fixed since they were found: their reproducers are plain tests now.
+FIXED = [
     ("transposed-grouped-dcr-focus", _spec("transposed", cout=4, g=2, block=[2], order="dcr", size=[3], **_TR),
-     False, "no wrong answer"),
+     False, "pass"),
     ("transposed-grouped-dcr-focus", _spec("transposed", **_2D, cout=8, g=2, block=[2, 2], order="focus", size=[2, 2],
-                                           **_TR), False, "no wrong answer"),
+                                           **_TR), False, "pass"),
+    ("backward-size1-stride", _spec("polyphase", **_2D | dict(k=[3, 3], s=[1, 3]), cin=1, cout=1, block=[1, 1],
+                                    order="crd", size=[3, 4], n=2, seed=1370169130), False, "pass"),
+]
+REPRODUCERS = [
     ("same-even-kernel", _spec("to_space", cout=1, k=[2], p="same", block=[2], order="crd", size=[3]), False, "pass"),
     ("same-even-kernel", _spec("to_depth", cout=1, k=[2], p="same", block=[1], order="crd", size=[3]), False, "pass"),
     ("same-even-kernel", _spec("merge", cout=1, k=[2], p="same", size=[6], **_MERGE), False, "pass"),
@@ -66,8 +71,6 @@ REPRODUCERS = [
      "pass or documented refusal"),
     ("backward-size1-stride", _spec("fold", k=[3], s=[2], p=[2], g=2, block=[2], order="crd", size=[2]), False,
      "pass"),
-    ("backward-size1-stride", _spec("polyphase", **_2D | dict(k=[3, 3], s=[1, 3]), cin=1, cout=1, block=[1, 1],
-                                    order="crd", size=[3, 4], n=2, seed=1370169130), False, "pass"),
     ("nonfinite-zero-taps", _spec("fold", cin=1, cout=1, k=[3], s=[2], block=[2], order="crd", size=[5], seed=4),
      True, "pass"),
     ("nonfinite-zero-taps", _spec("polyphase", cin=1, cout=1, k=[3], block=[2], order="crd", size=[5], seed=3),
@@ -92,6 +95,12 @@ def _fixed(outcome: Any, criterion: str) -> bool:
      for i, r in enumerate(REPRODUCERS)],
 )
 def test_known_defect_fixed(name: str, spec: dict[str, Any], nonfinite: bool, criterion: str) -> None:
+    outcome = check_case(spec, nonfinite=nonfinite)
+    assert _fixed(outcome, criterion), f"{outcome.status} {outcome.kind}: {outcome.detail}"
+
+
+@pytest.mark.parametrize("name, spec, nonfinite, criterion", FIXED, ids=[f[0] for f in FIXED])
+def test_fixed_defect_stays_fixed(name: str, spec: dict[str, Any], nonfinite: bool, criterion: str) -> None:
     outcome = check_case(spec, nonfinite=nonfinite)
     assert _fixed(outcome, criterion), f"{outcome.status} {outcome.kind}: {outcome.detail}"
 

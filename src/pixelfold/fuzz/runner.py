@@ -28,11 +28,6 @@ MAX_ATTEMPTS = 20
 
 
 # ---------------------------------------------------------------------------- known open defects
-def _grouped_transposed(s: Spec, o: Outcome) -> bool:
-    return (s["t"] == "transposed" and s["g"] > 1 and s["order"] != "crd"
-            and o.kind in ("wrong-forward", "nonfinite-mismatch"))
-
-
 def _asymmetric_same(s: Spec, o: Outcome) -> bool:
     return (s["t"] in ("to_space", "to_depth", "merge") and o.kind == "refused-claimed" and s["p"] == "same"
             and "asymmetric" in o.detail)
@@ -54,8 +49,6 @@ def _merge_grouped(s: Spec, o: Outcome) -> bool:
 #: ``(name, where it is tracked, predicate(spec, outcome))``: failures the lead knows about. They still count as
 #: failures (exit status 1); ``tests/test_fuzz.py`` holds one ``xfail(strict=True)`` reproducer for each.
 KNOWN: list[tuple[str, str, Callable[[Spec, Outcome], bool]]] = [
-    ("transposed-grouped-dcr-focus", "issue 9 item 3: wrong ConvTranspose for groups > 1 in dcr/focus order",
-     _grouped_transposed),
     ("same-even-kernel", "issue 9 'Also': padding='same' with an even span (asymmetric) refused by "
      "to_space/to_depth/merge", _asymmetric_same),
     ("merge-grouped", "issue 9 'Also': grouped conv after space-to-depth refused by merge (an exact groups=1 "

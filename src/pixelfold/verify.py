@@ -251,7 +251,9 @@ def unit_spec(module: nn.Module) -> ConvSpec | None:
             return ConvSpec.from_module(module)
         except FoldError:
             return None
-    return None
+    from .hidden import spec_of  # timm BlurPool2d & co. (hidden imports nothing from here)
+
+    return spec_of(module)
 
 
 def _device_of(module: nn.Module) -> torch.device:

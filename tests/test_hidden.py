@@ -362,6 +362,17 @@ def test_focus_in_any_slice_order_merges_exactly_and_the_module_is_untouched() -
     close(merged.eval()(x3), stem(x3))
 
 
+def test_rewrite_merges_a_focus_found_by_behaviour_even_without_example_inputs() -> None:
+    torch.manual_seed(0)
+    stem = Focus(order=[(i, j) for j in range(3) for i in range(3)], b=3)
+    stem.__class__ = type("Stem", (Focus,), {})  # not named Focus, block 3
+    net = nn.Sequential(stem, nn.ReLU())
+    new, report = rewrite(net, pixelfold.Rule("merge"))  # checked on random inputs the probe derives
+    assert [(e.path, e.status, e.checked_on) for e in report.entries] == [("0", "changed", "random")], str(report)
+    assert type(new[0]) is nn.Conv2d and new[0].kernel_size == (9, 9)
+    assert V.compare_modules(net, new, torch.randn(2, 3, 27, 30)) <= 1e-9
+
+
 def test_grouped_focus_merges_exactly() -> None:
     torch.manual_seed(0)
     x = torch.randn(2, 4, 16, 14, dtype=torch.float64)
@@ -391,6 +402,9 @@ def test_grouped_focus_merges_exactly() -> None:
      "it rearranges index-valued inputs as a space-to-depth but not random signed ones"),
     (lambda self, x: self.conv(slices(x.flip(0), [(0, 0), (1, 0), (0, 1), (1, 1)])),
      "it rearranges index-valued inputs as a space-to-depth but not random signed ones"),
+    (lambda self, x: self.conv(slices(x, [(0, 0), (1, 0), (0, 1), (1, 1)] if x.shape[-1] < 40 else
+                                      [(0, 0), (0, 1), (1, 0), (1, 1)])),
+     "or inputs of another size and batch (a value-, size- or batch-dependent step)"),
 ])
 def test_a_module_named_focus_that_does_something_else_is_refused(forward, finding) -> None:
     fake = type("Focus", (Focus,), {"forward": forward})(c2=12)

@@ -54,7 +54,7 @@ from .spec import ConvSpec, build_module
 __all__ = ["StepMap", "step_map", "focus_map", "focus_unit", "conv_of", "merged_conv", "merge", "padded_conv"]
 
 _PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_BASES = (24, 30, 28, 36, 40, 42, 48, 60)  # probe sizes: base·(i+1) in dim i (divisible by blocks 2..10, 12, 16, 24, ...)
+_BASES = (12, 24, 30, 28, 36, 40, 42, 48, 60)  # first probe: base·(i+1) in dim i (blocks 2..10, 12, 16, 24, ...)
 _ZERO_PAD = {1: nn.ZeroPad1d, 2: nn.ZeroPad2d, 3: nn.ZeroPad3d}
 _CIRCULAR_PAD = {1: nn.CircularPad1d, 2: nn.CircularPad2d, 3: nn.CircularPad3d}
 
@@ -186,10 +186,13 @@ def _derive(run: Callable[[torch.Tensor], torch.Tensor], in_channels: int, dims:
     perm = _derive_perm(x2, _call(run, x2), block)
     gen = torch.Generator().manual_seed(0)
     x3 = torch.randn(2, C, *[b * (4 + 2 * i) for i, b in enumerate(block)], generator=gen, dtype=torch.float64)
-    y3 = _call(run, x3)
-    if not isinstance(y3, torch.Tensor) or not torch.equal(y3, space_to_depth(x3, block, "crd")[:, list(perm)]):
-        raise _Refused("it rearranges index-valued inputs as a space-to-depth but not random signed ones of "
-                       "another size and batch (a value-, size- or batch-dependent step)")
+    big = 40 if dims < 3 else 16  # and a larger size: a step that changes above some size is caught up to here
+    x1 = _index_input(C, [b * ((big + b - 1) // b) * (i + 1) for i, b in enumerate(block)])
+    for x in (x3, x1):
+        y = _call(run, x)
+        if not isinstance(y, torch.Tensor) or not torch.equal(y, space_to_depth(x, block, "crd")[:, list(perm)]):
+            raise _Refused("it rearranges index-valued inputs as a space-to-depth but not random signed ones or "
+                           "inputs of another size and batch (a value-, size- or batch-dependent step)")
     return StepMap(block, perm, C)
 
 

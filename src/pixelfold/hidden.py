@@ -203,7 +203,7 @@ class BlurPhaseConv(PhaseConv):
 
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]
-        """The fixed blur filter (``filt``)."""
+        """The fixed blur filter (``filt``): what the inherited gather reads, so nothing else is overridden."""
         param = self._parameters.get("weight")
         if param is not None:  # while PhaseConv.__init__ runs
             return param
@@ -211,11 +211,6 @@ class BlurPhaseConv(PhaseConv):
         if filt is None:
             raise AttributeError("weight")
         return filt
-
-    def transformed_weight(self) -> torch.Tensor:
-        if self.frozen:
-            return self.frozen_weight
-        return _apply_map(self.filt, self.weight_index)
 
     def extra_repr(self) -> str:
         return f"fixed blur filter (buffer filt)\n  {super().extra_repr()}"

@@ -171,12 +171,12 @@ def test_subpixel_refuses_weight_norm_and_hooks():
 
 
 def test_lazy_and_quantized_convs_get_their_own_message():
-    with pytest.raises(FoldError, match="fold: LazyConv2d has not materialised its weight yet .* run one forward"):
+    with pytest.raises(FoldError, match="fold takes a float nn.Conv1d/2d/3d; nn.LazyConv2d is not materialised yet"):
         pf.fold(nn.LazyConv2d(4, 3, stride=2), 2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         q = torch.ao.nn.quantized.Conv2d(4, 4, 3, stride=2)
-    with pytest.raises(FoldError, match="is a quantized conv .* rewrite the float model before quantizing"):
+    with pytest.raises(FoldError, match="is a quantized conv .* rewrite the float model first, then quantize it"):
         pf.fold(q, 2)
 
 

@@ -359,7 +359,7 @@ def test_icnr_groups_phases_in_the_order_used():
         (lambda: transposed(make_conv(2, 1, 4, 3)), "takes a SubpixelConvTranspose"),
         (lambda: pixelfold.depth_to_space(torch.zeros(1, 6, 2, 2), 2), "got 6 channels; use a block whose product divides 6"),
         (lambda: merge(make_conv(2, 4, 1, 3)), "merge takes"),
-        (lambda: merge(nn.Sequential(nn.ReLU(), make_conv(2, 4, 1, 3))), "step before the conv"),
+        (lambda: merge(nn.Sequential(nn.ReLU(), make_conv(2, 4, 1, 3))), "the step ReLU is not a pure space-to-depth"),
         (lambda: pixelfold.icnr_(torch.empty(6, 1, 3, 3), 2),
          "not divisible by prod(block) = 4; pass the block"),
         (lambda: fold(make_conv(2, 1, 1, 5, stride=2), 2)(torch.zeros(1, 1, 3, 3, dtype=torch.float64)),

@@ -445,7 +445,7 @@ def test_end_to_end_tolerance_arguments() -> None:
 
 
 # ---------------------------------------------------------------------------- subclasses, hooks, hidden convs
-def test_timm_conv_subclasses_are_skipped_with_reasons() -> None:
+def test_timm_conv_subclasses_are_rewritten_exactly_or_skipped_with_reasons() -> None:
     timm_layers = pytest.importorskip("timm.layers")
     torch.manual_seed(0)
     net = nn.Sequential(
@@ -459,16 +459,15 @@ def test_timm_conv_subclasses_are_skipped_with_reasons() -> None:
     x = torch.randn(1, 3, 67, 67)
     new, report = rewrite(net, "no_stride", example_inputs=x)
     st = [(e.type, e.status) for e in report.entries]
-    assert st == [("timm.layers.Conv2dSame", "skipped"), ("timm.layers.StdConv2d", "skipped"),
-                  ("timm.layers.ScaledStdConv2d", "skipped"), ("timm.layers.BlurPool2d", "skipped"),
+    # StdConv2d / ScaledStdConv2d / BlurPool2d: folded exactly (pixelfold.hidden, tests/test_hidden.py)
+    assert st == [("timm.layers.Conv2dSame", "skipped"), ("timm.layers.StdConv2d", "changed"),
+                  ("timm.layers.ScaledStdConv2d", "changed"), ("timm.layers.BlurPool2d", "changed"),
                   ("Conv2d", "changed"), ("timm.layers.StdConv2d", "kept")], st
     reasons = [e.reason for e in report.skipped]
     assert "pads TF-'same' in forward (dynamic, asymmetric): not rewritten from attributes" in reasons[0]
-    assert "standardises its weight in forward" in reasons[1]
-    assert "strided depthwise blur" in reasons[3]
-    for i in range(4):
-        assert type(new[i]) is type(net[i])
+    assert type(new[0]) is type(net[0])
     assert_no_stride(new, report)
+    e2e_close(net, new, x)
     text = str(report)
     assert "wanted by the rules but not changed" in text and "Conv2dSame" in text
 

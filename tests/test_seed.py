@@ -198,7 +198,6 @@ def test_to_depth_zero_pads_kernel_to_block_multiple():
         (lambda: to_space(make_conv(2, 8, 4, 3, groups=4), 2), "each group has 2 input channels"),
         (lambda: to_space(make_conv(2, 8, 2, 3, groups=2), 2, "dcr"), "use order='crd'"),
         (lambda: to_space(make_conv(2, 4, 1, 3, padding=1, padding_mode="replicate"), 2), "replicate"),
-        (lambda: to_space(make_conv(2, 4, 1, 2, padding="same"), 2), "asymmetric"),
         (lambda: to_space(torch.nn.ConvTranspose2d(4, 4, 2), 2), "nn.Conv1d/2d/3d"),
         (lambda: to_space(torch.nn.Linear(4, 4), 2), "nn.Conv1d/2d/3d"),
         (lambda: to_space(make_conv(2, 4, 1, 3), (2, 2, 2)), "has 3 entries"),
@@ -209,6 +208,14 @@ def test_errors_name_condition_and_way_out(build, message):
     with pytest.raises(FoldError) as info:
         build()
     assert message in str(info.value)
+
+
+def test_even_kernel_same_padding_comes_back_as_pad_then_conv():
+    conv = make_conv(2, 4, 1, 2, padding="same")  # pads (0, 1): no nn.Conv2d expresses it
+    big = to_space(conv, 2)
+    assert isinstance(big, torch.nn.Sequential) and isinstance(big[0], torch.nn.ZeroPad2d)
+    x = torch.randn(1, 4, 5, 6, dtype=torch.float64)
+    assert_close_np(big(depth_to_space(x, 2)), ref_conv(conv, x))
 
 
 def test_subclass_with_custom_forward_is_refused():

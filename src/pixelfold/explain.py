@@ -378,6 +378,12 @@ def seed_report(
             f"use a larger size"
         )
     space = to_space(conv, b, order)
+    if not isinstance(space, nn.modules.conv._ConvNd):  # nn.Sequential(ZeroPadNd, conv): asymmetric padding
+        raise FoldError(
+            f"padding {spec.padding} is asymmetric ('same' with an even kernel): its space form is "
+            "nn.Sequential(pad, conv) (pixelfold.to_space builds it), which explain does not compare with a "
+            "stride-1 conv; use an odd kernel or explicit padding here"
+        )
     sspec = ConvSpec.from_module(space)
     in_shape = (batch, channels, *sz)
     space_in = (batch, channels // math.prod(b), *[v * bi for v, bi in zip(sz, b)])

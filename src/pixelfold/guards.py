@@ -85,13 +85,6 @@ def conv_problem(module: nn.Module, what: str, transposed: bool = False) -> str 
     plain: tuple[type, ...] = ((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d) if transposed
                                else (nn.Conv1d, nn.Conv2d, nn.Conv3d))
     kind = "nn.ConvTranspose1d/2d/3d" if transposed else "nn.Conv1d/2d/3d"
-    if isinstance(module, nn.modules.lazy.LazyModuleMixin) and module.has_uninitialized_params():  # type: ignore[attr-defined]
-        return (f"{what}: {name} has not materialised its weight yet (its in_channels are inferred on the first "
-                "call); run one forward pass first, which turns it into a plain conv")
-    if (cls.__module__ or "").startswith("torch.ao.nn.quantized") or "quantized" in (cls.__module__ or ""):
-        return (f"{what}: {name} is a quantized conv (int8 weights packed for a quantized engine); pixelfold "
-                "rewrites float models: rewrite the float model before quantizing it, or use "
-                "pixelfold.onnx on the quantized ONNX graph")
     if not isinstance(module, plain):
         return f"{what} takes an {kind}, got {name}"
     if cls.__name__.startswith("Parametrized"):

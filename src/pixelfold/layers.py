@@ -33,6 +33,8 @@ from torch import nn
 from . import transforms as T
 from .errors import FoldError
 from .guards import readable_problem
+from .probe import merge as _merge_by_probe
+from .probe import padded_conv
 from .rearrange import ORDERS, check_block, depth_to_space, phase_permutation, space_to_depth
 from .spec import ConvSpec, build_module, empty_module
 
@@ -57,7 +59,20 @@ _CONV_FN: dict[int, Callable[..., torch.Tensor]] = {1: F.conv1d, 2: F.conv2d, 3:
 
 
 def _as_conv(module: nn.Module, what: str, transposed: bool = False) -> nn.modules.conv._ConvNd:
-    """``module`` if it is a plain conv (transposed conv) whose attributes say what it computes; else FoldError."""
+    """``module`` if it is a plain conv (transposed conv) whose attributes say what it computes; else FoldError.
+
+    Layers pixelfold knows by name (quantized, lazy, timm's StdConv2d/BlurPool2d/...: :mod:`pixelfold.hidden`)
+    get their own message; every other reason (subclasses, parametrizations, hooks) comes from
+    :mod:`pixelfold.guards`.
+    """
+    plain = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d) if transposed else (nn.Conv1d, nn.Conv2d,
+                                                                                             nn.Conv3d)
+    if type(module) not in plain:
+        from .hidden import layer_refusal  # hidden builds on this module
+
+        refusal = layer_refusal(module, what)
+        if refusal:
+            raise FoldError(refusal)
     problem = readable_problem(module, what, transposed)
     if problem is not None:
         raise FoldError(problem)
@@ -137,8 +152,34 @@ class FocusSlice(SpaceToDepth):
 
 
 def is_focus(module: nn.Module) -> bool:
-    """True for a YOLOv5-style ``Focus`` module (slice-and-concatenate, then ``.conv``), which :func:`merge` takes."""
-    return type(module).__name__ == "Focus" and hasattr(module, "conv")
+    """True for a Focus-style module that :func:`merge` takes: its ``forward`` is ``self.conv(space_to_depth(x))``.
+
+    Recognised by behaviour, not by name: the module holds nothing but its
+    ``.conv`` (a conv, or a wrapper such as YOLOv5's ``Conv`` holding one), and
+    a probe of a deep copy (``.conv`` replaced by a recorder) shows a pure
+    space-to-depth in any block and channel order (YOLOv5, YOLOX, SPD-Conv, ...).
+
+    >>> class Focus(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.conv = nn.Conv2d(12, 8, 3, padding=1)
+    ...     def forward(self, x):
+    ...         return self.conv(torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1))
+    >>> class NotFocus(Focus):
+    ...     def forward(self, x):
+    ...         return self.conv(torch.cat([x[..., ::2, ::2]] * 4, 1))
+    >>> is_focus(Focus()), is_focus(NotFocus()), is_focus(nn.Conv2d(3, 8, 3))
+    (True, False, False)
+    """
+    from .probe import focus_map, focus_unit
+
+    if focus_unit(module) is None:
+        return False
+    try:
+        step, _ = focus_map(module)
+    except FoldError:
+        return False
+    return math.prod(step.block) > 1  # block 1: a plain wrapper, nothing to merge
 
 
 # ---------------------------------------------------------------------------- gather maps
@@ -420,10 +461,13 @@ class PhaseConv(_GatheredConv):
             bias_index = _index_map(lambda b: T.phase_bias(b, self.out_block, order), self.bias.shape)
         self._register_map("bias_index", bias_index)
 
-    def _gather_weight(self) -> torch.Tensor:
-        O, Cg, *K = self.weight.shape
+    def _gather_weight(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The inner weight gathered from ``weight`` (default: the original ``weight``; subclasses pass the weight
+        the original computes in forward, e.g. timm's standardised one)."""
+        w0 = self.weight if weight is None else weight
+        O, Cg, *K = w0.shape
         R_out, R_kept, *Q = self.weight_index.shape
-        flat = torch.cat([self.weight.new_zeros(O, Cg, 1), self.weight.flatten(2)], 2)
+        flat = torch.cat([w0.new_zeros(O, Cg, 1), w0.flatten(2)], 2)
         w = flat[:, :, self.weight_index.reshape(-1)].view(O, Cg, R_out, R_kept, *Q)
         w = w.transpose(1, 2).reshape(O * R_out, Cg * R_kept, *Q)
         if self.in_perm is not None:
@@ -815,7 +859,8 @@ def to_space(conv: nn.Module, block: int | Sequence[int], order: str = "crd") ->
     conv = _as_conv(conv, "to_space")
     spec = ConvSpec.from_module(conv)
     w, new = T.to_space_weight(conv.weight.detach(), spec, block, order)
-    return build_module(new, w, None if conv.bias is None else conv.bias.detach(), like=conv)
+    # asymmetric padding (padding='same' with an even kernel) comes back as nn.Sequential(ZeroPadNd, conv)
+    return padded_conv(new, w, None if conv.bias is None else conv.bias.detach(), like=conv)
 
 
 def to_depth(conv: nn.Module, block: int | Sequence[int], order: str = "crd") -> nn.Module:
@@ -837,46 +882,28 @@ def to_depth(conv: nn.Module, block: int | Sequence[int], order: str = "crd") ->
 def merge(module: nn.Module, conv: nn.Module | None = None) -> nn.Module:
     """One conv on the original input, from a space-to-depth step followed by a conv.
 
-    ``module`` is ``nn.Sequential(step, conv)``, a YOLOv5-style ``Focus``
-    (slice-and-concatenate then ``.conv``), or the step itself with ``conv``
-    given separately. The step is a :class:`SpaceToDepth` (any order),
-    :class:`FocusSlice` or ``nn.PixelUnshuffle``. A ``Focus`` whose ``.conv``
-    wraps the conv (YOLOv5's ``Conv``: conv + bn + act) comes back as that
-    wrapper with its inner conv merged.
+    ``module`` is ``nn.Sequential(step, conv)``, a Focus-style module (its
+    ``forward`` is ``self.conv(space_to_depth(x))``: YOLOv5's ``Focus``, YOLOX's,
+    SPD-Conv's), or the step itself with ``conv`` given separately. The step is
+    recognised by what it does, not by its class: :mod:`pixelfold.probe` runs a
+    deep copy on index-valued inputs and derives the block and the channel
+    order it applies (pixelfold's :class:`SpaceToDepth` in any order,
+    :class:`FocusSlice`, ``nn.PixelUnshuffle``, timm's ``SpaceToDepth`` as in
+    TResNet, any slice order), or refuses with the reason. A grouped conv
+    merges too: the result has as many groups as its channel order allows
+    (``groups=1`` when the order mixes the groups, with zeros between them).
+    A conv wrapper after the step (YOLOv5's ``Conv``, timm's ``ConvNormAct``:
+    conv → norm → act, reached only through the conv) comes back as that
+    wrapper with its conv merged. Asymmetric padding (``padding='same'`` with
+    an even kernel) comes back as ``nn.Sequential(ZeroPadNd, conv)``.
 
     >>> focus = torch.nn.Sequential(FocusSlice(), torch.nn.Conv2d(12, 32, 3, padding=1))
     >>> merge(focus)                         # what YOLOv5 replaced Focus with
     Conv2d(3, 32, kernel_size=(6, 6), stride=(2, 2), padding=(2, 2))
+    >>> merge(nn.PixelUnshuffle(2), nn.Conv2d(12, 6, 3, groups=3))      # the groups survive in crd order
+    Conv2d(3, 6, kernel_size=(6, 6), stride=(2, 2), groups=3)
     """
-    if conv is not None:
-        step = module
-    elif isinstance(module, nn.Sequential) and len(module) == 2:
-        step, conv = module[0], module[1]
-    elif is_focus(module):
-        inner = module.conv
-        if isinstance(inner, nn.modules.conv._ConvNd):
-            return merge(FocusSlice(), inner)
-        if hasattr(inner, "conv"):
-            wrapper = copy.deepcopy(inner)
-            wrapper.conv = merge(FocusSlice(), inner.conv)
-            return wrapper
-        raise FoldError("Focus.conv is neither a conv nor a wrapper with a .conv attribute")
-    else:
-        raise FoldError(
-            f"merge takes nn.Sequential(space_to_depth step, conv), a Focus module, or (step, conv); "
-            f"got {type(module).__name__}"
-        )
-    if isinstance(step, nn.PixelUnshuffle):
-        block: int | Sequence[int] = step.downscale_factor
-        order = "crd"
-    elif isinstance(step, SpaceToDepth):
-        block, order = step.block, step.order
-    else:
-        raise FoldError(
-            f"the step before the conv must be SpaceToDepth, FocusSlice or nn.PixelUnshuffle, "
-            f"got {type(step).__name__}"
-        )
-    return to_space(conv, block, order)
+    return _merge_by_probe(module, conv)
 
 
 # ---------------------------------------------------------------------------- init

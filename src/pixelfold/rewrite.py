@@ -25,9 +25,12 @@ Rules come as a profile name, a :class:`Profile`, or a list of :class:`Rule`:
 
 Profiles combine with ``+`` (``"no_stride+no_transposed"``). Only the exact
 classes ``nn.Conv1d/2d/3d`` and ``nn.ConvTranspose1d/2d/3d`` are rewritten
-from their attributes: a subclass may change ``forward`` (timm's
-``Conv2dSame`` pads in forward, ``StdConv2d`` standardises its weight), so it
-is reported as skipped with the reason, never silently rewritten.
+from their attributes: a subclass may change ``forward``, so it is reported as
+skipped with the reason, never silently rewritten — except the layers
+:mod:`pixelfold.hidden` knows (timm's ``StdConv2d``/``ScaledStdConv2d``,
+``BlurPool2d``, ...), whose exact fold/polyphase forms compute in ``forward``
+what they hide there (timm's ``Conv2dSame`` and the dynamic ``...Same`` ones
+with the ``same_pad`` add-on).
 
 Pairs that span two modules (a space-to-depth step feeding a conv → one conv,
 ``Rule("merge")``; a conv feeding ``PixelShuffle`` → a transposed conv,
@@ -55,6 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import hidden as H
+from . import probe as P
 from . import verify as V
 from .errors import FoldError
 from . import forms
@@ -186,18 +191,7 @@ def _mac_ratio(old: nn.Module, new: nn.Module) -> float | None:
 
 
 # ---------------------------------------------------------------------------- conv-like modules
-_SUBCLASS_REASONS = {
-    "Conv2dSame": "pads TF-'same' in forward (dynamic, asymmetric)",
-    "Conv2dSameExport": "pads in forward with the TF-'same' padding of the first input size it saw (cached)",
-    "StdConv2d": "standardises its weight in forward",
-    "StdConv2dSame": "standardises its weight and pads TF-'same' in forward",
-    "ScaledStdConv2d": "standardises and scales its weight in forward",
-    "ScaledStdConv2dSame": "standardises and scales its weight and pads TF-'same' in forward",
-}
-_HIDDEN_REASONS = {
-    "BlurPool2d": "is a fixed strided depthwise blur computed in forward (reflect padding), not an nn.ConvNd",
-    "CondConv2d": "mixes expert kernels per sample in forward, not an nn.ConvNd",
-}
+# What each layer that hides its function in forward does, and its exact form: pixelfold.hidden's registry.
 
 
 def _is_strict_conv_subclass(module: nn.Module) -> bool:
@@ -218,39 +212,16 @@ def _subclass_reason(module: nn.Module) -> str:
     if cls.__name__.startswith("Parametrized"):
         return (f"{name}: weight is parametrized (torch.nn.utils.parametrize) and computed in forward: "
                 "not rewritten from attributes; remove the parametrization first")
-    what = _SUBCLASS_REASONS.get(cls.__name__) if (cls.__module__ or "").startswith("timm") else None
-    if what is not None:
-        tip = ("; add 'same_pad' to the profile (e.g. 'no_stride+same_pad') to fold it with per-input padding"
-               if _is_timm_conv2d_same(module) else "")
-        return f"{name} {what}: not rewritten from attributes{tip}"
+    hidden = H.lookup(module)
+    if hidden is not None:
+        return hidden.reason(module, "fold") or f"{hidden.shown} {hidden.describe(module)}: not rewritten"
     return (f"{name} subclasses nn.{base} and may change its forward: not rewritten from attributes; "
             f"give a Rule(types={cls.__name__}, transform=<callable>) to rewrite it yourself")
 
 
 def _hidden_spec(module: nn.Module) -> ConvSpec | None:
-    """Best-effort spec of a non-ConvNd module that runs a conv in forward (for reporting only)."""
-    name = type(module).__name__
-    if name not in _HIDDEN_REASONS:
-        return None
-    try:
-        if name == "BlurPool2d":
-            c = int(module.channels)
-            k, s = int(module.filt_size), int(module.stride)
-            pad = module.padding
-            p = int(pad[0]) if isinstance(pad, (list, tuple)) else int(pad)
-            mode = getattr(module, "pad_mode", "reflect")
-            return ConvSpec(c, c, (k, k), (s, s), ((p, p), (p, p)), (1, 1), groups=c, bias=False,
-                            padding_mode=mode if mode in ("zeros", "reflect", "replicate", "circular") else "zeros")
-        ks = tuple(module.kernel_size)
-        n = len(ks)
-        st = tuple(module.stride) if not isinstance(module.stride, int) else (module.stride,) * n
-        dil = tuple(module.dilation) if not isinstance(module.dilation, int) else (module.dilation,) * n
-        pd = module.padding
-        pads = tuple((p, p) for p in (pd if not isinstance(pd, int) else (pd,) * n))
-        return ConvSpec(int(module.in_channels), int(module.out_channels), ks, st, pads, dil,
-                        groups=int(module.groups), bias=getattr(module, "bias", None) is not None)
-    except Exception:
-        return None
+    """The conv a non-ConvNd module registered in :mod:`pixelfold.hidden` computes (``BlurPool2d``, quantized convs)."""
+    return H.spec_of(module)
 
 
 def _spec_of(module: nn.Module) -> ConvSpec | None:
@@ -263,7 +234,7 @@ def _spec_of(module: nn.Module) -> ConvSpec | None:
 
 def _is_conv_like(module: nn.Module) -> bool:
     return (isinstance(module, (nn.modules.conv._ConvNd, PhaseConv, SubpixelConvTranspose))
-            or type(module).__name__ in _HIDDEN_REASONS)
+            or H.lookup(module) is not None)
 
 
 def _divisors(n: int) -> list[int]:
@@ -847,6 +818,15 @@ def _build_single(rule: Rule, module: nn.Module, spec: ConvSpec | None) -> tuple
         return transposed(module), "transposed"
     if spec is None:
         raise FoldError(f"{type(module).__name__} is not a convolution pixelfold can read")
+    hidden = H.lookup(module)
+    if hidden is not None and hidden.build is not None and name in H.FORMS:  # StdConv2d, BlurPool2d, ...
+        block = _resolve_block(rule.block, spec, spec.stride if name == "fold" else (1,) * spec.dims)
+        try:
+            return hidden.form(module, name, block, rule.order), name
+        except FoldError:
+            if name != "fold" or rule.block is not None:
+                raise
+            return hidden.form(module, "polyphase", 1, rule.order), "polyphase"
     if name == "subpixel":
         return subpixel(module, rule.form, rule.order), "subpixel" + ("" if rule.form == "shared" else ":phases")
     if name == "polyphase":
@@ -878,15 +858,17 @@ def _build_single(rule: Rule, module: nn.Module, spec: ConvSpec | None) -> tuple
 
 def _allowed(rule: Rule, module: nn.Module) -> str | None:
     """None if ``rule`` may rewrite ``module``; else the reason it must not."""
-    if _is_strict_conv_subclass(module):
+    hidden = H.lookup(module)
+    if _is_strict_conv_subclass(module) or hidden is not None:
         if callable(rule.transform) and type(module) in rule.types:  # type: ignore[operator]
             return None  # the user named this class and brought their own transform
         if rule.same_pad and rule.transform in ("fold", "polyphase") and _is_timm_conv2d_same(module):
             return None
-        return _subclass_reason(module)
-    hidden = _HIDDEN_REASONS.get(type(module).__name__)
-    if hidden is not None and not isinstance(module, nn.modules.conv._ConvNd):
-        return f"{_type_name(type(module))} {hidden}: not rewritten"
+        if hidden is None:
+            return _subclass_reason(module)
+        reason = hidden.reason(module, rule.transform_name, rule.same_pad)
+        if reason:
+            return reason
     return hook_problem(module)
 
 
@@ -894,7 +876,8 @@ def _wants_hidden(rule: Rule, path: str, module: nn.Module, spec: ConvSpec | Non
     """Would ``rule`` select this conv-in-disguise if it were a plain conv (for reporting)?"""
     if spec is None or rule.is_pair:
         return False
-    base = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[spec.dims]
+    base = ({1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d} if spec.transposed
+            else {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d})[spec.dims]
     if not any(issubclass(base, t) for t in rule.types):  # type: ignore[union-attr]
         return False
     return rule.matches_name(path) and (rule.where is None or bool(rule.where(spec)))
@@ -959,8 +942,10 @@ class _Planner:
                 if site is not None:
                     return site
                 continue
-            if rule.transform == "merge" and isinstance(a, (SpaceToDepth, nn.PixelUnshuffle)):
-                conv, conv_path, kind = b, pb, "merge"
+            if rule.transform == "merge" and (isinstance(a, (SpaceToDepth, nn.PixelUnshuffle)) or P.is_step(a, b)):
+                # any space-to-depth step by behaviour (timm's SpaceToDepth in TResNet); b may wrap the conv
+                conv, kind = P.conv_in(b), "merge"
+                conv_path = pb if conv is b else f"{pb}.conv"
             elif rule.transform == "transposed" and isinstance(b, (DepthToSpace, nn.PixelShuffle)):
                 conv, conv_path, kind = a, pa, "transposed"
             else:
@@ -1057,12 +1042,14 @@ class _Planner:
     # -- single modules
     def visit(self, path: str, module: nn.Module) -> None:
         conv_like = _is_conv_like(module)
-        focus = is_focus(module)
+        # is_focus probes the module (a deep copy): only when a rule could merge it
+        wants_merge = any(r.transform == "merge" or r.target is not None for r in self.rules)
+        focus = not conv_like and wants_merge and is_focus(module)
         lone = rearrangement_of(module) is not None and any(r.target is not None for r in self.rules)
         if not conv_like and not focus and not lone:
             return
         spec = _spec_of(module)
-        hidden = type(module).__name__ in _HIDDEN_REASONS and not isinstance(module, nn.modules.conv._ConvNd)
+        hidden = H.lookup(module) is not None and not isinstance(module, nn.modules.conv._ConvNd)
         entry = LayerChange(path=path, type=_type_name(type(module)),
                             before=str(spec) if spec is not None else _describe(module))
         reasons: list[str] = []

@@ -147,8 +147,9 @@ class ConvSpec:
             raise FoldError(f"output_padding {self.output_padding} must be non-negative ints")
         for name in ("in_channels", "out_channels", "groups"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise FoldError(f"{name} must be a positive int, got {v!r}")
+            least = 0 if name == "in_channels" else 1  # 0: not known yet (a LazyConv before its first call)
+            if not isinstance(v, int) or isinstance(v, bool) or v < least:
+                raise FoldError(f"{name} must be a {'non-negative' if least == 0 else 'positive'} int, got {v!r}")
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise FoldError(
                 f"in_channels {self.in_channels} and out_channels {self.out_channels} must both be divisible by "

@@ -323,7 +323,9 @@ def unit_spec(module: nn.Module) -> ConvSpec | None:
             return ConvSpec.from_module(module)
         except FoldError:
             return None
-    return None
+    from .hidden import spec_of  # timm BlurPool2d & co. (hidden imports nothing from here)
+
+    return spec_of(module)
 
 
 def _device_of(module: nn.Module) -> torch.device:
@@ -365,12 +367,17 @@ def random_inputs(module: nn.Module, sizes: Sequence[int] = (0, 1), seed: int = 
                 channels_div = math.prod(upscale)
         elif isinstance(second, (DepthToSpace, nn.PixelShuffle, nn.Identity)):
             found = unit_spec(first)
-    if found is None and type(module).__name__ == "Focus" and hasattr(module, "conv"):
-        inner = module.conv
-        conv = inner if isinstance(inner, nn.modules.conv._ConvNd) else getattr(inner, "conv", None)
-        found = unit_spec(conv) if conv is not None else None
-        if found is not None:
-            upscale = (2,) * found.dims
+    if found is None:  # a Focus-style module, recognised by probing it (any name, block and slice order)
+        from .probe import conv_in, focus_map, focus_unit
+
+        unit = focus_unit(module)
+        try:
+            step = focus_map(module)[0] if unit is not None else None
+        except FoldError:
+            step = None
+        if step is not None:
+            found = unit_spec(conv_in(unit))
+            upscale = step.block
             channels_div = math.prod(upscale)
     if found is None:
         return None

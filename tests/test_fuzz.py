@@ -57,14 +57,14 @@ FIXED = [
                                            **_TR), False, "pass"),
     ("backward-size1-stride", _spec("polyphase", **_2D | dict(k=[3, 3], s=[1, 3]), cin=1, cout=1, block=[1, 1],
                                     order="crd", size=[3, 4], n=2, seed=1370169130), False, "pass"),
-]
-REPRODUCERS = [
     ("same-even-kernel", _spec("to_space", cout=1, k=[2], p="same", block=[2], order="crd", size=[3]), False, "pass"),
-    ("same-even-kernel", _spec("to_depth", cout=1, k=[2], p="same", block=[1], order="crd", size=[3]), False, "pass"),
     ("same-even-kernel", _spec("merge", cout=1, k=[2], p="same", size=[6], **_MERGE), False, "pass"),
     ("merge-grouped", _spec("merge", g=2, size=[4], **_MERGE), False, "pass"),
     ("merge-grouped", _spec("merge", **_2D, cin=12, cout=4, g=2, step="focus_module", block=[2, 2], order="focus",
                             C=3, call="seq", size=[4, 4]), False, "pass"),
+]
+REPRODUCERS = [
+    ("same-even-kernel", _spec("to_depth", cout=1, k=[2], p="same", block=[1], order="crd", size=[3]), False, "pass"),
     ("merge-padding-mode", _spec("merge", cout=1, k=[3], p=[1], mode="reflect", size=[6], **_MERGE), False,
      "pass or documented refusal"),
     ("merge-padding-mode", _spec("merge", cout=1, k=[3], p=[1], mode="replicate", size=[6], **_MERGE), False,

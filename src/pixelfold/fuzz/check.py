@@ -26,9 +26,7 @@ import torch
 from torch import nn
 
 import pixelfold
-from pixelfold import transforms as T
 from pixelfold.errors import FoldError
-from pixelfold.spec import ConvSpec
 
 from . import ops
 from .cases import SHARED_PARAMS, Spec, outside, source
@@ -96,20 +94,32 @@ def _nonfinite_match(actual: torch.Tensor, ref: torch.Tensor) -> tuple[bool, str
     return False, " + ".join(dict.fromkeys(cats)) + " (" + "; ".join(bad) + ")"
 
 
-def _weight_map(spec: Spec, conv: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The gather map from the original conv weight to a fresh-parameter form's weight."""
-    cs = ConvSpec.from_module(conv)
-    t, block, order = spec["t"], spec.get("block"), spec.get("order", "crd")
-    if t == "to_space" or t == "merge":
-        return lambda w: T.to_space_weight(w, cs, block, order)[0]
-    if t == "to_depth":
-        return lambda w: T.to_depth_weight(w, cs, block, order)[0]
+def _weight_map(ns: dict[str, Any], form_src: list[str]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The gather map from the original conv weight to a fresh-parameter form's weight, found by probing.
 
-    def transposed_map(w: torch.Tensor) -> torch.Tensor:
-        w2, _, new = T.transposed_weight(w, None, cs, block, order)
-        return T.trim_zero_taps(w2, new)[0] if spec["trim"] else w2
+    The form is built once more from a copy of the original whose weight holds the index of each entry
+    (1, 2, ...): the form's weight then says which original entry every one of its entries is (0: a zero
+    tap). Transform-agnostic, so grouped merges and trimmed transposed convs need no map of their own; the
+    caller checks the map reproduces the form's real weight.
+    """
+    memo: dict[int, Any] = {}
+    orig = copy.deepcopy(ns["orig"], memo)
+    conv = memo.get(id(ns["conv"])) or copy.deepcopy(ns["conv"])
+    with torch.no_grad():
+        conv.weight.copy_(torch.arange(1, conv.weight.numel() + 1, dtype=torch.float64).view_as(conv.weight))
+        if conv.bias is not None:
+            conv.bias.zero_()
+    probe_ns = dict(ns, conv=conv, orig=orig)
+    exec("\n".join(line for line in form_src if not line.startswith("fwd = ")), probe_ns)
+    index = _conv_of(probe_ns["form"]).weight.detach().round().long()
+    return lambda w: torch.cat([w.new_zeros(1), w.reshape(-1)])[index]
 
-    return transposed_map
+
+def _conv_of(form: nn.Module) -> nn.Module:
+    """The conv inside a fresh-parameter form (to_space/merge of an asymmetric 'same' conv: (pad, conv))."""
+    if isinstance(form, nn.Sequential):
+        return next(m for m in form if isinstance(m, nn.modules.conv._ConvNd))
+    return form
 
 
 def _refusal(spec: Spec, err: Exception, where: str) -> Outcome:
@@ -149,6 +159,7 @@ def check_case(spec: Spec, nonfinite: bool = False) -> Outcome:
             exec("\n".join(form_src), ns)
         except Exception as err:
             return _refusal(spec, err, "build")
+        ns["__form_src__"] = form_src
         x = ns["x"].clone().requires_grad_(not nonfinite)
         try:
             y = ns["fwd"](x)
@@ -187,8 +198,9 @@ def _grad_outcome(spec: Spec, ns: dict[str, Any], x: torch.Tensor, x_ref: torch.
             return Outcome("fail", "params-not-shared", "the form does not keep the original Parameters", beyond, spec)
         w_grad, b_grad = src.weight.grad, None if src.bias is None else src.bias.grad
     else:
+        form = _conv_of(form)
         w0 = conv.weight.detach().clone().requires_grad_()
-        w_form = _weight_map(spec, conv)(w0)
+        w_form = _weight_map(ns, ns["__form_src__"])(w0)
         if form.weight.grad is None or not torch.equal(w_form.detach(), form.weight.detach()):
             return Outcome("fail", "weight-map", "the form's weight is not the transform's map of the original's "
                            "(or got no gradient)", beyond, spec)

@@ -29,7 +29,7 @@ MAX_ATTEMPTS = 20
 
 # ---------------------------------------------------------------------------- known open defects
 def _asymmetric_same(s: Spec, o: Outcome) -> bool:
-    return (s["t"] in ("to_space", "to_depth", "merge") and o.kind == "refused-claimed" and s["p"] == "same"
+    return (s["t"] == "to_depth" and o.kind == "refused-claimed" and s["p"] == "same"
             and "asymmetric" in o.detail)
 
 
@@ -42,17 +42,11 @@ def _merge_mode(s: Spec, o: Outcome) -> bool:
             and "padding_mode" in o.detail)
 
 
-def _merge_grouped(s: Spec, o: Outcome) -> bool:
-    return s["t"] == "merge" and o.kind == "refused-claimed" and s["g"] > 1 and "group" in o.detail
-
-
 #: ``(name, where it is tracked, predicate(spec, outcome))``: failures the lead knows about. They still count as
 #: failures (exit status 1); ``tests/test_fuzz.py`` holds one ``xfail(strict=True)`` reproducer for each.
 KNOWN: list[tuple[str, str, Callable[[Spec, Outcome], bool]]] = [
-    ("same-even-kernel", "issue 9 'Also': padding='same' with an even span (asymmetric) refused by "
-     "to_space/to_depth/merge", _asymmetric_same),
-    ("merge-grouped", "issue 9 'Also': grouped conv after space-to-depth refused by merge (an exact groups=1 "
-     "merge exists)", _merge_grouped),
+    ("same-even-kernel", "issue 9 'Also': padding='same' with an even span (asymmetric) refused by to_depth "
+     "(to_space and merge give pad + conv)", _asymmetric_same),
     ("backward-size1-stride", "issue 9 (crashes): 'polyphase backward in float64 for size-1 dims' — fold too: "
      "space_to_depth returns a size-1 dim with a stride PyTorch's float64 conv backward rejects",
      _size1_stride_backward),

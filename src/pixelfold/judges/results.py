@@ -30,7 +30,9 @@ class OpPlacement:
     ``"CONV_2D"``; RKNN's op types, e.g. ``"ConvTranspose"``), ``reason`` the
     compiler's words for a CPU fallback (``None`` on the NPU or when it gave
     none), ``cycles`` its estimate for this op when it reports one per op, and
-    ``detail`` anything else it said (shapes, data type, MACs, ...).
+    ``detail`` anything else it said (shapes, data type, MACs, ...);
+    ``detail["io"]`` marks the graph's input/output placeholders (RKNN lists
+    them as CPU ops), which :attr:`Judgement.cpu_ops` leaves out.
     """
 
     index: int
@@ -76,7 +78,7 @@ class Judgement:
 
     def __post_init__(self) -> None:
         if self.cpu_ops is None:
-            self.cpu_ops = [p.op for p in self.ops if not p.on_npu]
+            self.cpu_ops = [p.op for p in self.ops if not p.on_npu and not p.detail.get("io")]
 
     @property
     def all_on_npu(self) -> bool:
@@ -86,6 +88,17 @@ class Judgement:
     @property
     def npu_ops(self) -> list[str]:
         return [p.op for p in self.ops if p.on_npu]
+
+    @property
+    def cpu_reasons(self) -> dict[str, list[str]]:
+        """The compiler's reason(s) per CPU op type (only those it gave)."""
+        out: dict[str, list[str]] = {}
+        for p in self.ops:
+            if not p.on_npu and p.reason and not p.detail.get("io"):
+                reasons = out.setdefault(p.op, [])
+                if p.reason not in reasons:
+                    reasons.append(p.reason)
+        return out
 
     def summary(self) -> str:
         """One line: placement counts, cycles, or the crash message.

@@ -271,3 +271,31 @@ def test_rknn_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert hit.extra.get("cached") and hit.cpu_ops == j.cpu_ops
     layer = core.judge_layer(torch.nn.Conv2d(8, 8, 3, stride=2), (1, 8, 16, 16), "rk3588")
     assert layer.all_on_npu and layer.npu_cycles > 0
+    twin = core.judge_layer(torch.nn.Conv2d(8, 8, 3, stride=2), (1, 8, 16, 16), "rk3588")  # same spec, new weights
+    assert twin.extra.get("cached") and twin.npu_cycles == layer.npu_cycles
+    from pixelfold.export import to_onnx
+
+    path = to_onnx(m, x, tmp_path / "m.onnx")  # a file the user already has (issue 11)
+    f = judge_file(path, "rk3568")
+    assert f.target == "rk3568" and not f.crashed and f.cpu_ops, f.summary()
+
+
+# ---------------------------------------------------------------------------- survey rendering (pure)
+def test_survey_markdown_tables_and_verbatim_messages() -> None:
+    from pixelfold.judges.survey import _keep_findings, render_markdown
+
+    ok = _vela_fixture("fold4dcr_u55").to_dict()
+    cpu = _vela_fixture("ct44_u55").to_dict()
+    crash = _vela_fixture("c7s4_u55_crash").to_dict()
+    recs = [{"case": "a | original", "part": "layers", "lowering": "auto", "target": "ethos-u55-128", "judgement": cpu},
+            {"case": "a | fold", "part": "layers", "lowering": "auto", "target": "ethos-u55-128", "judgement": ok},
+            {"case": "b", "part": "layers", "lowering": "auto", "target": "ethos-u55-128", "judgement": crash}]
+    md = render_markdown(recs, {"date": "2026-12-01", "vela": "5.2.0"})
+    assert "| a | original | auto | CPU: TRANSPOSE_CONV" in md
+    assert f"| a | fold | auto | NPU {ok['npu_cycles'] / 1000:.1f}k |" in md
+    assert "| b | auto | **crash** |" in md
+    assert "- **vela cpu** `TRANSPOSE_CONV: stride out of range: (4,4) — Stride values WxH must be: 1x1 OR 2x2" in md
+    assert "- **vela crash** `RuntimeError: Non-passthrough operation (Conv2D) could not run on NPU` — b [auto]" in md
+    kept = _keep_findings("# t\n\n<!-- findings: written by hand, kept by the survey -->\nF\n<!-- /findings -->\n", md)
+    assert "\nF\n<!-- /findings -->" in kept and kept.startswith("# NPU placement")
+    assert _keep_findings("", md) == md

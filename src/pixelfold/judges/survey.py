@@ -106,6 +106,17 @@ def rearrange_cases() -> list[Case]:
     return cases
 
 
+def large_cases() -> list[Case]:
+    """Rearrangements at a real size (64 channels, 256² ↔ 128²), where U55's transpose limits bite."""
+    cases: list[Case] = []
+    for kind, order in (("s2d", "crd"), ("s2d", "dcr"), ("d2s", "crd"), ("d2s", "dcr")):
+        side = 256 if kind == "s2d" else 128
+        name = f"{'space_to_depth' if kind == 's2d' else 'depth_to_space'} b2 {order}, 64 ch, {side}²"
+        cases.append((name, _seeded(lambda k=kind, o=order: _Rearrange(k, 2, o, c=64)), (1, 64, side, side),
+                      {"group": name, "kind": kind, "block": 2, "order": order}))
+    return cases
+
+
 def zoo_cases() -> list[Case]:
     from ..zoo import ZOO
 
@@ -124,7 +135,7 @@ def _record(name: str, info: dict[str, Any], lowering: str, j: Judgement) -> dic
 def run(part: str, targets: list[str], lowerings: list[str], workdir: Path | None = None,
         log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Judge one part's cases for ``targets`` under each lowering; returns flat records."""
-    cases = {"zoo": zoo_cases, "layers": layer_cases, "rearrange": rearrange_cases}[part]()
+    cases = {"zoo": zoo_cases, "layers": layer_cases, "rearrange": rearrange_cases, "large": large_cases}[part]()
     records: list[dict[str, Any]] = []
     for low in lowerings:
         t0 = time.time()
@@ -186,7 +197,8 @@ def render_markdown(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
     ]
     for part, title in (("zoo", "Zoo models as they are"), ("layers", "Single layers: original vs pixelfold's exact forms"),
-                        ("rearrange", "Rearrangements alone (1×1 conv → rearrangement → 1×1 conv, 8 ch)")):
+                        ("rearrange", "Rearrangements alone (1×1 conv → rearrangement → 1×1 conv, 8 ch)"),
+                        ("large", "Rearrangements at a real size (1×1 conv → rearrangement → 1×1 conv, 64 ch)")):
         rows = [r for r in records if r.get("part") == part]
         if not rows:
             continue
@@ -228,6 +240,18 @@ def render_markdown(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_BEGIN, _END = "<!-- findings: written by hand, kept by the survey -->", "<!-- /findings -->"
+
+
+def _keep_findings(old: str, new: str) -> str:
+    """Carry the hand-written findings block of the previous ``npu_forms.md`` into the regenerated one."""
+    if _BEGIN in old and _END in old:
+        block = old[old.index(_BEGIN):old.index(_END) + len(_END)]
+        head, _, rest = new.partition("\n\n")
+        return f"{head}\n\n{block}\n\n{rest}"
+    return new
+
+
 def _versions() -> dict[str, str]:
     out = {"date": time.strftime("%Y-%m-%d"), "host": platform.machine()}
     for comp, mod in (("vela", "ethosu.vela"), ("rknn", "rknn-toolkit2")):
@@ -245,7 +269,7 @@ def _versions() -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pixelfold.judges.survey", description=__doc__.splitlines()[0])
     p.add_argument("--out", default="benchmarks/results")
-    p.add_argument("--part", choices=["zoo", "layers", "rearrange", "all"], default="all")
+    p.add_argument("--part", choices=["zoo", "layers", "rearrange", "large", "all"], default="all")
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument("--lowerings", default=None, help="comma list; default: auto (zoo, layers), all styles (rearrange)")
     p.add_argument("--workdir", default=None)
@@ -255,16 +279,18 @@ def main(argv: list[str] | None = None) -> int:
     targets = [t for t in args.targets.split(",") if t]
     json_path = out / "npu_forms.json"
     data = json.loads(json_path.read_text()) if json_path.exists() else {"meta": {}, "records": []}
-    parts = ["zoo", "layers", "rearrange"] if args.part == "all" else [args.part]
+    parts = ["zoo", "layers", "rearrange", "large"] if args.part == "all" else [args.part]
     for part in parts:
         lows = (args.lowerings.split(",") if args.lowerings else
-                (["reshape6", "rank4", "rank4_nchw", "native"] if part == "rearrange" else ["auto"]))
+                (["reshape6", "rank4", "rank4_nchw", "native"] if part in ("rearrange", "large") else ["auto"]))
         recs = run(part, targets, lows, Path(args.workdir) / part if args.workdir else None)
         done = {(r["case"], r["lowering"], r["target"]) for r in recs}
         data["records"] = [r for r in data["records"] if (r["case"], r["lowering"], r["target"]) not in done] + recs
         data["meta"] = {**data.get("meta", {}), **_versions()}
         json_path.write_text(json.dumps(data, indent=1))
-        (out / "npu_forms.md").write_text(render_markdown(data["records"], data["meta"]))
+        md_path = out / "npu_forms.md"
+        old = md_path.read_text() if md_path.exists() else ""
+        md_path.write_text(_keep_findings(old, render_markdown(data["records"], data["meta"])))
     try:
         supported_ops_report(out)
     except Exception as err:  # the report is a by-product; say so and go on

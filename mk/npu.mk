@@ -34,9 +34,10 @@ $(RKNN_STAMP): $(JUDGES_DIR)/requirements-rknn.txt $(JUDGES_DIR)/constraints-rkn
 	$(RKNN_VENV)/bin/python -c "from rknn.api import RKNN; RKNN(verbose=False).release()"
 	touch $@
 
-# The judge tests that need the environments (they skip cleanly without them).
+# The judge tests, including the end-to-end ones that need the environments (marked slow; they skip cleanly
+# without the environments).
 npu-test: npu-env $(STAMP)
-	$(PY) -m pytest -q tests/test_judges.py tests/test_tflite.py tests/test_zoo.py
+	PYTHONPATH=src $(PY) -m pytest -q --run-slow tests/test_judges.py tests/test_tflite.py tests/test_zoo.py
 
 # The measurements behind benchmarks/results/npu_forms.md (+ .json, SUPPORTED_OPS_vela.md).
 npu-survey: npu-env $(STAMP)

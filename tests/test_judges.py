@@ -241,6 +241,7 @@ def test_reseeded_layers_hash_alike() -> None:
 
 
 # ---------------------------------------------------------------------------- end to end (needs make npu-env)
+@pytest.mark.slow  # minutes: the compilers' envs start slowly; run by `make npu-test`
 @needs_vela
 def test_vela_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIXELFOLD_JUDGE_CACHE", str(tmp_path / "cache"))
@@ -258,6 +259,7 @@ def test_vela_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert not orig.extra.get("cached") and not sub.extra.get("cached")
 
 
+@pytest.mark.slow  # minutes: the compilers' envs start slowly; run by `make npu-test`
 @needs_rknn
 def test_rknn_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PIXELFOLD_JUDGE_CACHE", str(tmp_path / "cache"))
@@ -291,8 +293,8 @@ def test_survey_markdown_tables_and_verbatim_messages() -> None:
             {"case": "a | fold", "part": "layers", "lowering": "auto", "target": "ethos-u55-128", "judgement": ok},
             {"case": "b", "part": "layers", "lowering": "auto", "target": "ethos-u55-128", "judgement": crash}]
     md = render_markdown(recs, {"date": "2026-12-01", "vela": "5.2.0"})
-    assert "| a | original | auto | CPU: TRANSPOSE_CONV" in md
-    assert f"| a | fold | auto | NPU {ok['npu_cycles'] / 1000:.1f}k |" in md
+    assert "| a → original | auto | CPU: TRANSPOSE_CONV" in md
+    assert f"| a → fold | auto | NPU {ok['npu_cycles'] / 1000:.1f}k |" in md
     assert "| b | auto | **crash** |" in md
     assert "- **vela cpu** `TRANSPOSE_CONV: stride out of range: (4,4) — Stride values WxH must be: 1x1 OR 2x2" in md
     assert "- **vela crash** `RuntimeError: Non-passthrough operation (Conv2D) could not run on NPU` — b [auto]" in md

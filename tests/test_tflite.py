@@ -65,6 +65,7 @@ _SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # minutes: the compilers' envs start slowly; run by `make npu-test`
 @pytest.mark.skipif(not env_available("vela"), reason="the Vela env is not built (make npu-env)")
 def test_to_tflite_in_the_vela_env(tmp_path: Path) -> None:
     script = tmp_path / "check.py"

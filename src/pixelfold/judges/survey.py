@@ -210,12 +210,18 @@ def render_markdown(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             k = (r["case"], r["lowering"])
             if k not in keys:
                 keys.append(k)
+        first = {}
+        for case, _ in keys:
+            first.setdefault(case, len(first))
+        style_rank = {s: i for i, s in enumerate(("auto", "reshape6", "rank4", "rank4_nchw", "native"))}
+        keys.sort(key=lambda k: (first[k[0]], style_rank.get(k[1], 9)))
         for case, low in keys:
             cells = []
             for t in targets:
                 hit = [r for r in rows if r["case"] == case and r["lowering"] == low and r["target"] == t]
                 cells.append(_cell(hit[0]["judgement"]) if hit else "–")
-            lines.append(f"| {case.removeprefix('zoo ')} | {low} | " + " | ".join(cells) + " |")
+            label = case.removeprefix("zoo ").replace(" | ", " → ")
+            lines.append(f"| {label} | {low} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## What the compilers said (verbatim, deduplicated)", ""]
     said: dict[tuple[str, str, str], list[str]] = {}
@@ -273,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument("--lowerings", default=None, help="comma list; default: auto (zoo, layers), all styles (rearrange)")
     p.add_argument("--workdir", default=None)
+    p.add_argument("--merge", nargs="*", default=None,
+                   help="merge the npu_forms.json of these directories (runs split across processes) and re-render")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -280,6 +288,20 @@ def main(argv: list[str] | None = None) -> int:
     json_path = out / "npu_forms.json"
     data = json.loads(json_path.read_text()) if json_path.exists() else {"meta": {}, "records": []}
     parts = ["zoo", "layers", "rearrange", "large"] if args.part == "all" else [args.part]
+    if args.merge is not None:
+        for d in args.merge:
+            other = json.loads((Path(d) / "npu_forms.json").read_text())
+            keys = {(r["case"], r["lowering"], r["target"]) for r in other["records"]}
+            data["records"] = [r for r in data["records"] if (r["case"], r["lowering"], r["target"]) not in keys]
+            data["records"] += other["records"]
+            data["meta"] = {**other.get("meta", {}), **data.get("meta", {})}
+        order = {"zoo": 0, "layers": 1, "rearrange": 2, "large": 3}
+        data["records"].sort(key=lambda r: order.get(r.get("part", ""), 9))  # stable: case order kept inside a part
+        json_path.write_text(json.dumps(data, indent=1))
+        md_path = out / "npu_forms.md"
+        old = md_path.read_text() if md_path.exists() else ""
+        md_path.write_text(_keep_findings(old, render_markdown(data["records"], data["meta"])))
+        return 0
     for part in parts:
         lows = (args.lowerings.split(",") if args.lowerings else
                 (["reshape6", "rank4", "rank4_nchw", "native"] if part in ("rearrange", "large") else ["auto"]))

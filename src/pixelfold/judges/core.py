@@ -50,14 +50,16 @@ TARGETS: dict[str, tuple[str, str]] = {
 }
 
 #: How pixelfold's rearrangements are written when exporting for each target (``lowering="auto"``);
-#: measured, see ``benchmarks/results/npu_forms.md``.
+#: measured, see ``benchmarks/results/npu_forms.md`` and :mod:`pixelfold.judges.lowering`. Build the
+#: rearrangements in ``dcr`` order for these targets: ``crd`` costs a second transpose on Ethos-U and can fall
+#: to the CPU on rv1106/rk3588. rk3568 runs no Reshape/Transpose on its NPU in any style.
 DEFAULT_LOWERING: dict[str, str] = {
     **{t: "rank4" for t in VELA_TARGETS},
     **{t: "rank4_nchw" for t in RKNN_TARGETS},
 }
 
 #: Bumped when what the judges compute changes (old cache entries are then ignored).
-JUDGE_VERSION = 1
+JUDGE_VERSION = 2
 
 _ENV_DIRS = {"vela": ".venv-vela", "rknn": ".venv-rknn"}
 _ENV_VARS = {"vela": "PIXELFOLD_VELA_PYTHON", "rknn": "PIXELFOLD_RKNN_PYTHON"}

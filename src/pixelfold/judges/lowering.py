@@ -24,6 +24,20 @@ style         what the converted graph holds (2-D, block ``b0 × b1``)
               ``torch.pixel_shuffle`` / ``pixel_unshuffle`` for ``crd``); others as ``reshape6``
 ============  ==================================================================================
 
+What the compilers accept (measured with Vela 5.2 and rknn-toolkit2 2.5; ``benchmarks/results/npu_forms.md``):
+
+- Ethos-U55/U65: ``rank4`` in ``dcr`` (one RESHAPE → TRANSPOSE(0,2,1,3) → RESHAPE after litert-torch cancels the
+  layout transposes) runs at every size tried (64 ch, 256²); ``reshape6``'s 6-D TRANSPOSE falls to the CPU once a
+  product of N-2 axes passes 2^16 (``Transpose with permutation 0, 1, 3, 5, 2, 4 has shape out of range``).
+  ``crd`` costs a second transpose. Native SPACE_TO_DEPTH / DEPTH_TO_SPACE are not in Vela's operator list.
+- Ethos-U85: every style runs; ``rank4`` ``dcr`` is the cheapest.
+- rk3588 / rk3576 / rv1106: ``rank4_nchw`` (or ``rank4``) in ``dcr`` runs on the NPU for blocks 2–4; ``crd`` may
+  become a CPU ``Gather`` (rv1106) or leave a CPU Reshape (rk3588); native ``SpaceToDepth`` is CPU on all of them;
+  native ``DepthToSpace`` (and ``reshape6``, which RKNN matches to it) becomes a deconv, 2–14× the cycles, and block
+  3 falls to the CPU on rk3588.
+- rk3568: Reshape/Transpose run on the CPU in every style; only native ``DepthToSpace`` with block 2 or 4 (as a
+  deconv) reaches the NPU; a space-to-depth has to be eliminated (merged into the next conv).
+
 Every style computes exactly the same values (pure data movement, checked bit
 for bit against :func:`pixelfold.space_to_depth`), so a module's math is
 untouched; 1-D inputs get the same treatment at rank ≤ 3, 3-D inputs keep

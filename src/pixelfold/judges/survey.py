@@ -129,7 +129,21 @@ def _inputs(shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def _record(name: str, info: dict[str, Any], lowering: str, j: Judgement) -> dict[str, Any]:
-    return {"case": name, **info, "lowering": lowering, "target": j.target, "judgement": j.to_dict()}
+    return _compact({"case": name, **info, "lowering": lowering, "target": j.target, "judgement": j.to_dict()})
+
+
+def _compact(record: dict[str, Any]) -> dict[str, Any]:
+    """Keep the committed JSON small: no per-op input shapes, no raw per-layer rows, no local paths."""
+    j = record["judgement"]
+    for op in j.get("ops", []):
+        op.get("detail", {}).pop("inputs", None)
+    j.get("extra", {}).pop("layers", None)
+    j.get("extra", {}).pop("raw", None)
+    j["artifacts"] = {}
+    check = j.get("extra", {}).get("tflite_check")
+    if check:
+        check.pop("path", None)
+    return record
 
 
 def run(part: str, targets: list[str], lowerings: list[str], workdir: Path | None = None,
@@ -293,11 +307,12 @@ def main(argv: list[str] | None = None) -> int:
             other = json.loads((Path(d) / "npu_forms.json").read_text())
             keys = {(r["case"], r["lowering"], r["target"]) for r in other["records"]}
             data["records"] = [r for r in data["records"] if (r["case"], r["lowering"], r["target"]) not in keys]
-            data["records"] += other["records"]
+            data["records"] += [_compact(r) for r in other["records"]]
             data["meta"] = {**other.get("meta", {}), **data.get("meta", {})}
         order = {"zoo": 0, "layers": 1, "rearrange": 2, "large": 3}
         data["records"].sort(key=lambda r: order.get(r.get("part", ""), 9))  # stable: case order kept inside a part
-        json_path.write_text(json.dumps(data, indent=1))
+        data["records"] = [_compact(r) for r in data["records"]]
+        json_path.write_text(json.dumps(data, separators=(",", ":")))
         md_path = out / "npu_forms.md"
         old = md_path.read_text() if md_path.exists() else ""
         md_path.write_text(_keep_findings(old, render_markdown(data["records"], data["meta"])))
@@ -309,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         done = {(r["case"], r["lowering"], r["target"]) for r in recs}
         data["records"] = [r for r in data["records"] if (r["case"], r["lowering"], r["target"]) not in done] + recs
         data["meta"] = {**data.get("meta", {}), **_versions()}
-        json_path.write_text(json.dumps(data, indent=1))
+        json_path.write_text(json.dumps(data, separators=(",", ":")))
         md_path = out / "npu_forms.md"
         old = md_path.read_text() if md_path.exists() else ""
         md_path.write_text(_keep_findings(old, render_markdown(data["records"], data["meta"])))

@@ -36,3 +36,5 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) out build *.egg-info src/*.egg-info .hypothesis
+
+include mk/npu.mk

@@ -1,0 +1,47 @@
+# The NPU judge environments (issue 10): Arm Vela (Ethos-U) and Rockchip rknn-toolkit2, each in its own venv.
+# `make npu-env` builds both from nothing; the stamps make a rerun a no-op (a changed requirements file rebuilds).
+# pixelfold is not installed into them: the judges run their workers with PYTHONPATH=src.
+NPU_PYTHON ?= python3
+VELA_VENV  := .venv-vela
+RKNN_VENV  := .venv-rknn
+VELA_STAMP := $(VELA_VENV)/.installed
+RKNN_STAMP := $(RKNN_VENV)/.installed
+JUDGES_DIR := src/pixelfold/judges
+NPU_PIP     = -m pip install -q --no-input
+
+.PHONY: npu-env npu-env-vela npu-env-rknn npu-test npu-survey npu-clean
+
+npu-env: npu-env-vela npu-env-rknn
+
+npu-env-vela: $(VELA_STAMP)
+npu-env-rknn: $(RKNN_STAMP)
+
+$(VELA_STAMP): $(JUDGES_DIR)/requirements-vela.txt $(JUDGES_DIR)/constraints-vela.txt
+	rm -rf $(VELA_VENV)
+	$(NPU_PYTHON) -m venv $(VELA_VENV)
+	$(VELA_VENV)/bin/python $(NPU_PIP) --upgrade pip
+	$(VELA_VENV)/bin/python $(NPU_PIP) -r $(JUDGES_DIR)/requirements-vela.txt -c $(JUDGES_DIR)/constraints-vela.txt
+	$(VELA_VENV)/bin/vela --version
+	touch $@
+
+$(RKNN_STAMP): $(JUDGES_DIR)/requirements-rknn.txt $(JUDGES_DIR)/constraints-rknn.txt
+	rm -rf $(RKNN_VENV)
+	$(NPU_PYTHON) -m venv $(RKNN_VENV)
+	$(RKNN_VENV)/bin/python $(NPU_PIP) --upgrade pip
+	$(RKNN_VENV)/bin/python $(NPU_PIP) torch==2.14.1 -c $(JUDGES_DIR)/constraints-rknn.txt
+	$(RKNN_VENV)/bin/python $(NPU_PIP) -r $(JUDGES_DIR)/requirements-rknn.txt -c $(JUDGES_DIR)/constraints-rknn.txt
+	$(RKNN_VENV)/bin/python $(NPU_PIP) --no-deps rknn-toolkit2==2.5.0
+	$(RKNN_VENV)/bin/python -c "from rknn.api import RKNN; RKNN(verbose=False).release()"
+	touch $@
+
+# The judge tests, including the end-to-end ones that need the environments (marked slow; they skip cleanly
+# without the environments).
+npu-test: npu-env $(STAMP)
+	PYTHONPATH=src $(PY) -m pytest -q --run-slow tests/test_judges.py tests/test_tflite.py tests/test_zoo.py
+
+# The measurements behind benchmarks/results/npu_forms.md (+ .json, SUPPORTED_OPS_vela.md).
+npu-survey: npu-env $(STAMP)
+	PYTHONPATH=src $(PY) -m pixelfold.judges.survey --out benchmarks/results
+
+npu-clean:
+	rm -rf $(VELA_VENV) $(RKNN_VENV)

@@ -53,7 +53,7 @@ def test_bad_condition_syntax_fails_when_the_target_is_read():
         Target.from_dict({"name": "x", "constraints": [{"ops": ["conv"], "requires": {}, "message": "m"}]})
     with pytest.raises(FoldError, match="needs a 'message'"):
         Target.from_dict({"name": "x", "constraints": [{"ops": ["conv"]}]})
-    with pytest.raises(FoldError, match="lowering 'rank5' is not"):
+    with pytest.raises(FoldError, match="lowering 'rank5' is not one of"):
         Target.from_dict({"name": "x", "lowering": "rank5"})
 
 
@@ -91,8 +91,12 @@ def test_builtin_targets_cite_their_sources(name):
 def test_lowered_rearrangements():
     d2s = Op("depth_to_space", block=(2, 2), order="dcr")
     assert expand([d2s], targets.get("onnxruntime")) == [d2s]
-    assert [str(o) for o in forms.lowered(d2s, "rank4")] == ["reshape rank 4", "transpose rank 4", "reshape rank 4"]
-    assert [o.rank for o in forms.lowered(d2s, "reshape")] == [6, 6, 4]
+    assert [str(o) for o in forms.lowered(d2s, "rank4")] == ["reshape 2×2 dcr rank 4", "transpose 2×2 dcr rank 4",
+                                                              "reshape 2×2 dcr rank 4"]
+    assert [o.rank for o in forms.lowered(d2s, "reshape6")] == [6, 6, 4]
+    assert len(forms.lowered(Op("depth_to_space", block=(2, 2), order="crd"), "rank4_nchw")) == 5  # + the c/phase swap
+    with pytest.raises(FoldError, match="lowering 'rank5' is not one of"):
+        forms.lowered(d2s, "rank5")
     torch_op = Op("depth_to_space", block=(2, 2), order="crd", note="torch")
     assert forms.lowered(torch_op, "rank4") == [torch_op]  # torch's PixelShuffle is exported natively
 
@@ -153,8 +157,12 @@ CASES = [
     (lambda: nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1), (1, 8, 16, 16), "ethos-u55-128", None),
     (lambda: nn.ConvTranspose2d(8, 8, 3, stride=3), (1, 8, 16, 16), "rk3588", "subpixel"),
     (lambda: nn.ConvTranspose2d(8, 8, 3, stride=3), (1, 8, 16, 16), "rk3576", None),
-    (lambda: nn.Sequential(pf.FocusSlice(), nn.Conv2d(12, 16, 3, padding=1)), (1, 3, 64, 64), "ethos-u55-128",
-     "merge"),
+    # Vela 5.2 runs Focus slicing on the NPU: kept (tune(target=...) weighs merge by cycles)
+    (lambda: nn.Sequential(pf.FocusSlice(), nn.Conv2d(12, 16, 3, padding=1)), (1, 3, 64, 64), "ethos-u55-128", None),
+    (lambda: nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(12, 16, 3, padding=1)), (1, 3, 64, 64), "rk3568",
+     "merge"),  # no space-to-depth runs on rk3568's NPU: merged into the conv
+    (lambda: nn.ConvTranspose2d(8, 8, 3, stride=3), (1, 8, 16, 16), "rv1106", None),
+    (lambda: nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.PixelShuffle(2)), (1, 8, 16, 16), "rv1106", None),
     (lambda: nn.Sequential(nn.Conv2d(8, 27, 3, padding=1), nn.PixelShuffle(3)), (1, 8, 16, 16), "ethos-u55-128",
      "reorder"),
     (lambda: nn.Sequential(nn.Conv2d(8, 27, 3, padding=1), nn.PixelShuffle(3)), (1, 8, 16, 16), "nnapi", "reorder"),

@@ -37,7 +37,7 @@ from .errors import FoldError
 from .spec import ConvSpec
 
 __all__ = ["Op", "Candidate", "FormDef", "FORMS", "unit_kind", "unit_spec", "candidates", "build", "original_ops",
-           "rearrangement_of", "lowered", "is_patch", "MAX_MAC_RATIO"]
+           "rearrangement_of", "lowered", "is_patch", "LOWERINGS", "MAX_MAC_RATIO"]
 
 #: Forms whose MACs exceed the original's by more than this factor are not listed (polyphase blocks grow fast).
 MAX_MAC_RATIO = 2.5
@@ -551,26 +551,37 @@ FORMS: dict[str, FormDef] = {
 }
 
 
+#: How pixelfold writes its rearrangements for a target (the styles of :mod:`pixelfold.judges.lowering`).
+LOWERINGS = ("native", "reshape6", "rank4", "rank4_nchw")
+
+
 def lowered(op: Op, style: str) -> list[Op]:
     """The operators a rearrangement becomes when pixelfold emits it in ``style`` (other ops: themselves).
 
-    ``native``: one ``SpaceToDepth``/``DepthToSpace``; ``reshape``: Reshape → Transpose → Reshape of rank
-    ``2·dims + 2``; ``rank4``: only tensors of rank ≤ 4 (what NPUs take), one round for ``dcr`` and a second
-    transpose for ``crd``/``focus`` (the channel/phase swap). torch's own ``PixelShuffle``/``PixelUnshuffle``
-    are always native.
+    ``native``: one ``SpaceToDepth``/``DepthToSpace``; ``reshape6``: Reshape → Transpose → Reshape of rank
+    ``2·dims + 2`` (pixelfold's default); ``rank4``/``rank4_nchw``: only tensors of rank ≤ 4 (what NPUs take),
+    one round for ``dcr``/``focus`` and a second transpose for ``crd`` (the channel/phase swap). The lowered
+    ops keep the rearrangement's ``block``, ``order`` and ``channels``, so a target can refuse, say, the
+    transposes of a ``crd`` shuffle. torch's own ``PixelShuffle``/``PixelUnshuffle`` are always native.
 
     >>> [str(o) for o in lowered(Op("depth_to_space", block=(2, 2), order="crd"), "rank4")]
-    ['reshape rank 4', 'transpose rank 4', 'reshape rank 4', 'transpose rank 4', 'reshape rank 4']
+    ['reshape 2×2 crd rank 4', 'transpose 2×2 crd rank 4', 'reshape 2×2 crd rank 4', 'transpose 2×2 crd rank 4', 'reshape 2×2 crd rank 4']
     """
+    if style not in LOWERINGS:
+        raise FoldError(f"lowering {style!r} is not one of {LOWERINGS}")
     if op.kind not in ("space_to_depth", "depth_to_space") or op.note == "torch" or style == "native":
         return [op]
     n = len(op.block or (1, 1))
-    if style == "reshape":
-        return [Op("reshape", rank=2 * n + 2), Op("transpose", rank=2 * n + 2), Op("reshape", rank=n + 2)]
+
+    def low(kind: str, rank: int) -> Op:
+        return Op(kind, block=op.block, order=op.order, channels=op.channels, rank=rank, note=f"lowered {op.kind}")
+
+    if style == "reshape6":
+        return [low("reshape", 2 * n + 2), low("transpose", 2 * n + 2), low("reshape", n + 2)]
     rounds = 1 if n <= 2 else 2
-    out = [o for _ in range(rounds) for o in (Op("reshape", rank=4), Op("transpose", rank=4), Op("reshape", rank=4))]
-    if op.order != "dcr":
-        out += [Op("transpose", rank=4), Op("reshape", rank=4)]
+    out = [low(k, 4) for _ in range(rounds) for k in ("reshape", "transpose", "reshape")]
+    if op.order == "crd":
+        out += [low("transpose", 4), low("reshape", 4)]
     return out
 
 

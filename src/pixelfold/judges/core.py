@@ -53,10 +53,15 @@ TARGETS: dict[str, tuple[str, str]] = {
 #: measured, see ``benchmarks/results/npu_forms.md`` and :mod:`pixelfold.judges.lowering`. Build the
 #: rearrangements in ``dcr`` order for these targets: ``crd`` costs a second transpose on Ethos-U and can fall
 #: to the CPU on rv1106/rk3588. rk3568 runs no Reshape/Transpose on its NPU in any style.
-DEFAULT_LOWERING: dict[str, str] = {
-    **{t: "rank4" for t in VELA_TARGETS},
-    **{t: "rank4_nchw" for t in RKNN_TARGETS},
-}
+def _default_lowering() -> dict[str, str]:
+    """Each judged target's lowering, read from its data (pixelfold.targets): one source for the rewrite's
+    solver (which ops the target sees) and for the export (which ops are written)."""
+    from .. import targets
+
+    return {t: targets.get(t).lowering for t in (*VELA_TARGETS, *RKNN_TARGETS)}
+
+
+DEFAULT_LOWERING: dict[str, str] = _default_lowering()
 
 #: Bumped when what the judges compute changes (old cache entries are then ignored).
 JUDGE_VERSION = 2

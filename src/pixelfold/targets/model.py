@@ -206,8 +206,10 @@ class Target:
             raise FoldError(f"{where}: unknown keys {sorted(unknown)}; a target has {sorted(known)}")
         if not isinstance(data.get("name"), str) or not data["name"]:
             raise FoldError(f"{where}: a target needs a 'name'")
-        if data.get("lowering", "native") not in ("native", "rank4", "reshape"):
-            raise FoldError(f"{where}: lowering {data.get('lowering')!r} is not 'native', 'rank4' or 'reshape'")
+        from ..forms import LOWERINGS
+
+        if data.get("lowering", "native") not in LOWERINGS:
+            raise FoldError(f"{where}: lowering {data.get('lowering')!r} is not one of {LOWERINGS}")
         raw = data.get("constraints", [])
         if not isinstance(raw, list):
             raise FoldError(f"{where}: 'constraints' must be a list of tables")

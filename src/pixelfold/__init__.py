@@ -30,7 +30,8 @@ from .rearrange import depth_to_space, space_to_depth
 from .spec import ConvSpec
 from . import verify
 from .rewrite import LayerChange, Profile, RewriteReport, Rule, SamePadPhaseConv, rewrite
-from .tune import Plan, apply_plan, tune
+from .plan import LayerPlan, Plan, apply_plan
+from .tune import tune
 
 __version__ = "0.1.0"
 
@@ -64,4 +65,5 @@ __all__ = [
     "tune",
     "apply_plan",
     "Plan",
+    "LayerPlan",
 ]

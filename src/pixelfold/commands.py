@@ -2,8 +2,8 @@
 
 MODEL is a timm model name (``resnet50``), a torchvision one (``torchvision:resnet18`` or a bare name
 timm does not know), or ``package.module:factory`` (a callable returning an ``nn.Module``, or a module
-instance). Models are
-built offline with random weights: the rewrites are exact for any weights.
+instance). Models are built offline with random weights (nothing is downloaded: :func:`offline`); the
+rewrites are exact for any weights.
 
 >>> type(load_model("torch.nn:Identity")).__name__
 'Identity'

@@ -150,7 +150,9 @@ def corrupted_plans() -> Iterator[tuple[str, bytes, Any]]:
                             ("fold", {"block": [2]}), ("fold", {"block": 2}), ("fold", {"block": [2, 2], "x": 1}),
                             ("subpixel", {"form": "bogus"}), ("subpixel", {}), ("merge", {"block": [2, 2]}),
                             ("patch_linear", {"order": "dcr"}), ("polyphase", {"block": [1, 1]}),
-                            ("transposed", {}), ("magic", {}), ("original", {"block": [2, 2]})]:
+                            ("transposed", {}), ("transposed", {"trim": True}), ("to_depth", {"block": [2, 2]}),
+                            ("reorder", {}), ("onehot", {"channels": 3, "dims": 2}), ("rearrange", {}),
+                            ("magic", {}), ("original", {"block": [2, 2]})]:
         for index in (0, 1, 2, 3):
             data = _set(base, ("layers", index, "choice"), choice)
             data = _set(data, ("layers", index, "options"), options)

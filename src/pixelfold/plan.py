@@ -18,7 +18,7 @@ expected -- never a ``KeyError`` or a half-applied model.
 >>> apply_plan(net, text.replace('"fold"', '"folded"'))
 Traceback (most recent call last):
 ...
-pixelfold.errors.FoldError: plan JSON text: layers[0].choice: expected one of 'original', 'fold', 'patch_linear', 'subpixel', 'merge', 'polyphase', 'transposed', found 'folded' (a string); re-run pixelfold.tune to write a new plan
+pixelfold.errors.FoldError: plan JSON text: layers[0].choice: expected one of 'original', 'fold', 'patch_linear', 'subpixel', 'merge', 'polyphase', 'transposed', 'to_depth', 'rearrange', 'reorder', 'onehot', found 'folded' (a string); re-run pixelfold.tune to write a new plan
 """
 
 from __future__ import annotations
@@ -330,22 +330,30 @@ def _block(c: _Checker, where: str, value: Any) -> list[int]:
     return list(value)
 
 
-def _boolean(c: _Checker, where: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        c.fail(where, "true or false", value)
-    return value
+def _int_in(lo: int, hi: int) -> Callable[[_Checker, str, Any], int]:
+    def check(c: _Checker, where: str, value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            c.fail(where, f"an integer from {lo} to {hi}", value)
+        return value
+    return check
 
 
 _ORDER = _Field("'crd', 'dcr' or 'focus'", _string(one_of=ORDERS))
-#: form name → its allowed options (what ``build_form`` reads); extend here when a form gains one.
+_BLOCK = _Field("the block, a list of positive integers", _block, required=True)
+#: form name → its options (those of ``pixelfold.forms.FORMS``, what ``build_form`` reads); extend both together.
 CHOICES: dict[str, dict[str, _Field]] = {
     "original": {},
-    "fold": {"block": _Field("the block, a list of positive integers", _block, required=True), "order": _ORDER},
-    "patch_linear": {},
-    "subpixel": {"form": _Field("'shared' or 'phases'", _string(one_of=("shared", "phases")))},
+    "fold": {"block": _BLOCK, "order": _ORDER},
+    "patch_linear": {"order": _ORDER},
+    "subpixel": {"form": _Field("'shared' or 'phases'", _string(one_of=("shared", "phases"))), "order": _ORDER},
     "merge": {},
-    "polyphase": {"block": _Field("a list of positive integers", _block), "order": _ORDER},
-    "transposed": {"trim": _Field("true or false", _boolean)},
+    "polyphase": {"block": _BLOCK._replace(required=False), "order": _ORDER},
+    "transposed": {},
+    "to_depth": {"block": _BLOCK, "order": _ORDER},
+    "rearrange": {},
+    "reorder": {"order": _ORDER._replace(required=True)},
+    "onehot": {"channels": _Field("the channels", _int_in(1, 2**31 - 1), required=True),
+               "dims": _Field("the spatial dims", _int_in(1, 3), required=True)},
 }
 
 

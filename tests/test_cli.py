@@ -330,3 +330,162 @@ def test_plot_without_matplotlib_is_a_clean_error(capsys, monkeypatch, tmp_path)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
     rc, out, err = run(capsys, "--no-time", "--plot", str(tmp_path / "x.png"))
     assert rc == 2 and "needs matplotlib" in err and not (tmp_path / "x.png").exists()
+
+
+# ---------------------------------------------------------------------------- no traceback ever: bad arguments first
+@pytest.mark.parametrize("name, message", [
+    ("x.txt", "the file name has '.txt'"),
+    ("figure", "the file name has no extension"),
+])
+def test_plot_needs_a_format_matplotlib_writes(capsys, tmp_path, name, message):
+    path = tmp_path / name
+    rc, out, err = run(capsys, "--no-time", "--size", "8", "--plot", str(path))
+    assert (rc, out) == (2, "")
+    formats = ", ".join("." + f for f in cli.plot_formats())
+    assert err == (f"pixelfold explain: error: --plot {path}: {message}; matplotlib writes {formats}: end the name "
+                   "in one of them, e.g. .png (nothing was run)\n")
+    assert {"png", "svg", "pdf"} <= set(cli.plot_formats())
+    assert not path.exists()
+
+
+def test_plot_into_a_file_is_refused_before_the_work(capsys, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    path = tmp_path / "afile" / "seed.svg"
+    rc, out, err = run(capsys, "--no-time", "--plot", str(path))
+    assert (rc, out) == (2, "")
+    assert err == (f"pixelfold explain: error: --plot {path}: {str(path.parent)!r} is not a directory "
+                   "(nothing was run; choose another path)\n")
+    cli._check_plot_path(str(tmp_path / "new" / "seed.svg"))  # svg and pdf pass; the folder is created
+    cli._check_plot_path(str(tmp_path / "seed.PDF"))
+    assert (tmp_path / "new").is_dir()
+
+
+def test_explain_seed_out_of_range_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["explain", "--seed", str(2**64)])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"pixelfold explain: error: argument --seed: expected an integer from 0 to 2**64 - 1, got '{2**64}'")
+
+
+BENCH_GROUPS = "'seed', 'stems', 'patchify', 'focus', 'transposed', 'depthwise', 'video3d', 'rearrange', " \
+               "'transforms', 'rewrite', 'tune'"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--cases", "bogus"], f"argument --cases: invalid choice: 'bogus' (choose from {BENCH_GROUPS})"),
+    (["--rounds", "0"], "argument --rounds: expected an integer ≥ 1, got '0'"),
+    (["--threads=-4"], "argument --threads: expected an integer ≥ 1, got '-4'"),
+    (["--min-run-time", "0"], "argument --min-run-time: expected a number > 0 (seconds), got '0'"),
+    (["--batch", "0"], "argument --batch: expected an integer ≥ 1, got '0'"),
+])
+def test_bench_argument_errors(capsys, args, message):
+    from pixelfold import bench
+
+    for entry in (lambda: main(["bench", *args]), lambda: bench.main(args)):
+        with pytest.raises(SystemExit) as exc:
+            entry()
+        assert exc.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"pixelfold bench: error: {message}"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--device", "bogus"], "--device 'bogus' is not a device; use cpu or cuda[:N]"),
+    (["--device", "meta"], "--device 'meta': the benchmarks run on cpu or cuda[:N], not meta"),
+    (["--tag", "a/b"], "--tag 'a/b' is not a file name stem (no '/'; the files go to --out)"),
+])
+def test_bench_option_errors_before_measuring(capsys, tmp_path, args, message):
+    from pixelfold import bench
+
+    assert main(["bench", "--cases", "seed", "--out", str(tmp_path / "o"), *args]) == 2
+    assert capsys.readouterr().err == f"pixelfold bench: error: {message}\n"
+    assert bench.main(["--cases", "seed", *args]) == 2  # python -m pixelfold.bench
+    assert capsys.readouterr().err == f"pixelfold bench: error: {message}\n"
+
+
+def test_bench_out_must_be_a_directory(capsys, tmp_path):
+    afile = tmp_path / "results"
+    afile.write_text("x")
+    assert main(["bench", "--cases", "seed", "--out", str(afile)]) == 2
+    assert capsys.readouterr().err == (f"pixelfold bench: error: --out {afile}: is a file, not a directory "
+                                       "(nothing was run; choose another path)\n")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present")
+def test_bench_cuda_without_a_gpu(capsys, tmp_path):
+    assert main(["bench", "--cases", "seed", "--device", "cuda", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "pixelfold bench: error: --device cuda but torch.cuda.is_available() is False\n"
+
+
+def test_unexpected_errors_exit_3_with_a_hint_and_debug_shows_them(capsys):
+    def add(p):
+        p.add_argument("--what", default="bug")
+
+    def go(args):
+        if args.what == "interrupt":
+            raise KeyboardInterrupt
+        raise ZeroDivisionError("division by zero")
+
+    cli.register("broken", "a command with a bug", add, go)
+    try:
+        assert main(["broken"]) == 3
+        assert capsys.readouterr().err == (
+            "pixelfold broken: internal error: ZeroDivisionError: division by zero\n"
+            "pixelfold broken: this is a bug (in pixelfold, or in the model's code); rerun with --debug for the "
+            "traceback (pixelfold --debug broken ...) and report it\n")
+        with pytest.raises(ZeroDivisionError):
+            main(["--debug", "broken"])
+        with pytest.raises(ZeroDivisionError):
+            main(["broken", "--debug"])
+        assert main(["broken", "--what", "interrupt"]) == 130
+        assert capsys.readouterr().err == "pixelfold broken: interrupted\n"
+    finally:
+        del cli.COMMANDS["broken"]
+
+
+def test_a_command_module_that_fails_to_import_is_an_internal_error(capsys):
+    cli.register_module("gone", "a command whose module is missing", "pixelfold.no_such_module_xyz")
+    try:
+        assert main(["gone"]) == 3
+        assert capsys.readouterr().err.startswith(
+            "pixelfold gone: internal error: ModuleNotFoundError: No module named 'pixelfold.no_such_module_xyz'\n")
+    finally:
+        del cli.COMMANDS["gone"]
+
+
+def test_check_output_file_accepts_what_can_be_written(tmp_path):
+    existing = tmp_path / "r.json"
+    existing.write_text("keep")
+    assert cli.check_output_file(existing, "--json") == existing
+    assert existing.read_text() == "keep"  # checked without truncating it
+    assert cli.check_output_file(tmp_path / "new.json", "--json") == tmp_path / "new.json"
+    assert list(tmp_path.iterdir()) == [existing]  # the probe file is gone
+    assert cli.check_output_file(os.devnull, "--out") == Path(os.devnull)
+
+
+def test_no_traceback_reaches_the_user_via_python_m(tmp_path):
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    (tmp_path / "pf_broken_model.py").write_text(
+        "import torch\n"
+        "class Net(torch.nn.Module):\n"
+        "    def eval(self):\n"
+        "        raise ZeroDivisionError('model bug')\n"
+        "def factory():\n"
+        "    return Net()\n")
+    cases = [
+        (["rewrite", "pf_broken_model:factory", "--out", str(tmp_path / "missing" / "m.pt")], 2,
+         f"pixelfold rewrite: error: --out {tmp_path / 'missing' / 'm.pt'}: directory "
+         f"{str(tmp_path / 'missing')!r} does not exist (nothing was run; choose another path)\n"),
+        (["rewrite", "pf_broken_model:factory", "--quiet"], 3,
+         "pixelfold rewrite: internal error: ZeroDivisionError: model bug\n"
+         "pixelfold rewrite: this is a bug (in pixelfold, or in the model's code); rerun with --debug for the "
+         "traceback (pixelfold --debug rewrite ...) and report it\n"),
+    ]
+    for argv, code, stderr in cases:
+        res = subprocess.run([sys.executable, "-m", "pixelfold", *argv], capture_output=True, text=True, env=env,
+                             timeout=300)
+        assert (res.returncode, res.stdout, res.stderr) == (code, "", stderr)
+    res = subprocess.run([sys.executable, "-m", "pixelfold", "--debug", *cases[1][0]], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert res.returncode == 1 and "Traceback (most recent call last)" in res.stderr
+    assert res.stderr.rstrip().endswith("ZeroDivisionError: model bug")

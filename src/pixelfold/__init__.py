@@ -30,8 +30,8 @@ from .rearrange import depth_to_space, space_to_depth
 from .spec import ConvSpec
 from . import verify
 from ._callable import make_callable
+from .plan import LayerPlan, Plan, apply_plan
 from .rewrite import LayerChange, Profile, RewriteReport, Rule, SamePadPhaseConv
-from .tune import Plan, apply_plan
 
 # `pixelfold.rewrite` and `pixelfold.tune` are both the function and its module: `pixelfold.tune(model, x)`,
 # `import pixelfold.tune` and `pixelfold.tune.Plan` all work (a plain `from .tune import tune` would shadow the module).
@@ -70,4 +70,5 @@ __all__ = [
     "tune",
     "apply_plan",
     "Plan",
+    "LayerPlan",
 ]

@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import FoldError
+
 __all__ = [
     "Form",
     "Case",
@@ -1176,19 +1178,21 @@ def write_results(results: Sequence[Result], info: dict[str, Any], out: str | os
 # ---------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options of ``pixelfold bench`` (for the CLI to reuse)."""
+    from .cli import positive_float, positive_int
+
     parser.add_argument("--quick", action="store_true", help="a few tiny cases: a smoke test (< 30 s)")
-    parser.add_argument("--cases", nargs="+", metavar="GROUP",
+    parser.add_argument("--cases", nargs="+", metavar="GROUP", choices=[g.key for g in GROUPS],
                         help=f"groups to run (default: all): {' '.join(g.key for g in GROUPS)}")
     parser.add_argument("--out", default=None,
                         help="directory for <tag>.md/.json/.png (default: benchmarks/results, or out/bench with "
                              "--quick)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="float32 (default), bfloat16, ...")
-    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7; quick 2)")
-    parser.add_argument("--min-run-time", type=float, default=None,
+    parser.add_argument("--rounds", type=positive_int, default=None, help="interleaved rounds (default 7; quick 2)")
+    parser.add_argument("--min-run-time", type=positive_float, default=None,
                         help="seconds per blocked_autorange measurement (default 0.15; quick 0.02)")
-    parser.add_argument("--batch", type=int, default=None, help="override every case's batch size")
+    parser.add_argument("--batch", type=positive_int, default=None, help="override every case's batch size")
     parser.add_argument("--tag", default=None, help="file name stem (default: device type, plus dtype if not fp32)")
     parser.add_argument("--no-mallopt", action="store_true",
                         help="do not set glibc malloc options in-process when the MALLOC_* env vars are missing")
@@ -1199,17 +1203,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _check_args(args: argparse.Namespace, out: str) -> torch.device:
+    """Refuse a bad device, tag or output folder before anything is measured; returns the device."""
+    from .cli import check_output_dir
+
+    try:
+        dev = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise FoldError(f"--device {args.device!r} is not a device; use cpu or cuda[:N]") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise FoldError(f"--device {args.device!r}: the benchmarks run on cpu or cuda[:N], not {dev.type}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FoldError("--device cuda but torch.cuda.is_available() is False")
+    if args.tag is not None and (not args.tag.strip() or os.sep in args.tag or "/" in args.tag or "\0" in args.tag
+                                 or args.tag in (".", "..")):
+        raise FoldError(f"--tag {args.tag!r} is not a file name stem (no '/'; the files go to --out)")
+    check_output_dir(out, "--out")
+    return dev
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Run with parsed :func:`add_arguments` options; returns the exit status."""
     if args.list:
         for g in GROUPS:
             print(f"{g.key:<11} {'(quick) ' if g.quick else '        '}{g.title}")
         return 0
-    malloc = None if args.no_mallopt else apply_mallopt()
     out = args.out or ("out/bench" if args.quick else "benchmarks/results")
-    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
-        print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
-        return 2
+    _check_args(args, out)
+    malloc = None if args.no_mallopt else apply_mallopt()
     results = run(args.cases, quick=args.quick, threads=args.threads, out=out, device=args.device,
                   dtype=args.dtype, rounds=args.rounds, min_run_time=args.min_run_time, batch=args.batch,
                   tag=args.tag, verbose=not args.quiet, malloc=malloc, compile=not args.no_compile)
@@ -1229,7 +1250,11 @@ def run_from_args(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``pixelfold bench`` / ``python -m pixelfold.bench``."""
     parser = argparse.ArgumentParser(prog="pixelfold bench", description=__doc__.split("\n\n")[0])
-    return run_from_args(add_arguments(parser).parse_args(argv))
+    try:
+        return run_from_args(add_arguments(parser).parse_args(argv))
+    except FoldError as err:
+        print(f"pixelfold bench: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -5,7 +5,12 @@ a one-line help, a function that adds the command's arguments to its
 ``argparse`` sub-parser, and a function that runs it and returns the exit
 status. ``run`` functions should import heavy modules (torch, matplotlib)
 lazily so that ``--help`` stays fast. A :class:`~pixelfold.FoldError` raised
-by a command is printed to stderr (no traceback) and exits with status 2.
+by a command is printed to stderr as ``pixelfold <cmd>: error: <message>``
+(no traceback) and exits with status 2; bad arguments are refused the same
+way before any work starts (argparse types such as :func:`positive_int`,
+and :func:`check_output_file` for every file a command will write). Any
+other exception is a bug: ``pixelfold <cmd>: internal error: <Type>: <msg>``,
+exit status 3, and ``pixelfold --debug <cmd> ...`` shows its traceback.
 
 >>> sorted(COMMANDS)
 ['bench', 'explain', 'rewrite', 'tune']
@@ -19,12 +24,17 @@ import argparse
 import importlib
 import importlib.util
 import json
+import math
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
-__all__ = ["Command", "COMMANDS", "register", "register_module", "build_parser", "main", "int_list", "padding_arg"]
+__all__ = ["Command", "COMMANDS", "register", "register_module", "build_parser", "main", "int_list", "padding_arg",
+           "positive_int", "positive_float", "seed_arg", "check_output_file", "check_output_dir", "check_distinct",
+           "plot_formats"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,137 @@ def padding_arg(text: str) -> int | tuple[int, ...] | str:
     return int_list(text)
 
 
+def positive_int(text: str) -> int:
+    """An int ≥ 1 (an argparse type: ``--rounds``, ``--threads``, ``--batch``).
+
+    >>> positive_int("4")
+    4
+    >>> positive_int("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected an integer ≥ 1, got '0'
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 1, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (an argparse type: ``--min-run-time``).
+
+    >>> positive_float("0.05")
+    0.05
+    >>> positive_float("nan")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: expected a number > 0 (seconds), got 'nan'
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a number > 0 (seconds), got {text!r}")
+    return value
+
+
+def seed_arg(text: str) -> int:
+    """A random seed torch accepts: an int from 0 to 2**64 - 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**64 - 1, got {text!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------- output paths, checked before the work
+def _nothing_ran(option: str, path: str, problem: str) -> "FoldError":
+    from .errors import FoldError
+
+    return FoldError(f"{option} {path}: {problem} (nothing was run; choose another path)")
+
+
+def _check_writable_dir(directory: Path, option: str, path: str, create: bool) -> None:
+    if not directory.exists():
+        if not create:
+            raise _nothing_ran(option, path, f"directory {str(directory)!r} does not exist")
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise _nothing_ran(option, path, f"cannot create directory {str(directory)!r}: "
+                               f"{err.strerror or err}") from None
+    if not directory.is_dir():
+        raise _nothing_ran(option, path, f"{str(directory)!r} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".pixelfold-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise _nothing_ran(option, path, f"cannot write to directory {str(directory)!r}: "
+                           f"{err.strerror or err}") from None
+
+
+def check_output_file(path: str | os.PathLike[str], option: str, create_parent: bool = False) -> Path:
+    """Refuse, before any work, a file a command could not write: a directory, a missing or read-only folder.
+
+    ``create_parent``: create missing folders (as ``--plot`` does) instead of refusing.
+
+    >>> check_output_file("/", "--json")
+    Traceback (most recent call last):
+    ...
+    pixelfold.errors.FoldError: --json /: is a directory, not a file (nothing was run; choose another path)
+    """
+    p = Path(path)
+    shown = str(path)
+    if not shown or p.is_dir():
+        raise _nothing_ran(option, shown, "is a directory, not a file")
+    _check_writable_dir(p.parent, option, shown, create_parent)
+    if p.exists():
+        try:
+            with open(p, "ab"):
+                pass
+        except OSError as err:
+            raise _nothing_ran(option, shown, f"cannot write to it: {err.strerror or err}") from None
+    return p
+
+
+def check_output_dir(path: str | os.PathLike[str], option: str) -> Path:
+    """Like :func:`check_output_file` for a folder that a command writes files into (created if missing)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise _nothing_ran(option, str(path), "is a file, not a directory")
+    _check_writable_dir(p, option, str(path), create=True)
+    return p
+
+
+def check_distinct(**paths: str | os.PathLike[str] | None) -> None:
+    """Refuse two output options naming the same file (``check_distinct(plan=..., json=...)``)."""
+    seen: dict[str, str] = {}
+    for option, path in paths.items():
+        if not path:
+            continue
+        key = os.path.realpath(path)
+        flag = "--" + option.replace("_", "-")
+        if key in seen:
+            from .errors import FoldError
+
+            raise FoldError(f"{seen[key]} and {flag} name the same file ({path}); give each its own path")
+        seen[key] = flag
+
+
+def plot_formats() -> list[str]:
+    """The file extensions matplotlib can save a figure as (``png``, ``svg``, ``pdf``, ...)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    return sorted(FigureCanvasBase.get_supported_filetypes())
+
+
 # ---------------------------------------------------------------------------- explain
 _EXPLAIN_DESCRIPTION = """\
 Answer the seed question for any shapes: is a K×K conv (stride S) on a C×H×W map the same as an rK×rK conv
@@ -133,20 +274,35 @@ def _explain_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch", type=int, default=1, metavar="N", help="batch size (default: 1)")
     g.add_argument("--dtype", default="float32", choices=("float32", "float64", "bfloat16"),
                    help="dtype for the second check and for timing; the first check is float64 (default: float32)")
-    g.add_argument("--seed", type=int, default=0, help="random seed for weights and data (default: 0)")
+    g.add_argument("--seed", type=seed_arg, default=0, help="random seed for weights and data (default: 0)")
     g = p.add_argument_group("output")
     g.add_argument("--no-time", dest="time", action="store_false", help="skip timing")
     g.add_argument("--min-run-time", type=float, default=0.2, metavar="SEC",
                    help="seconds of timing per form (default: 0.2)")
     g.add_argument("--json", action="store_true", help="print everything as JSON instead of text")
     g.add_argument("--plot", metavar="FILE.png", default=None,
-                   help="draw a figure of the equivalence (weights and maps) to FILE.png (needs matplotlib)")
+                   help="draw a figure of the equivalence (weights and maps) to FILE.png, .svg, .pdf, ... "
+                        "(needs matplotlib; missing folders are created)")
+
+
+def _check_plot_path(path: str) -> None:
+    from .errors import FoldError
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise FoldError("--plot needs matplotlib (pip install 'pixelfold[plot]')")
+    formats = plot_formats()
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        found = f"'.{suffix}'" if suffix else "no extension"
+        raise FoldError(f"--plot {path}: the file name has {found}; matplotlib writes "
+                        f"{', '.join('.' + f for f in formats)}: end the name in one of them, e.g. .png "
+                        "(nothing was run)")
+    check_output_file(path, "--plot", create_parent=True)
 
 
 def _explain_run(args: argparse.Namespace) -> int:
-    if args.plot and importlib.util.find_spec("matplotlib") is None:
-        print("pixelfold explain: error: --plot needs matplotlib (pip install 'pixelfold[plot]')", file=sys.stderr)
-        return 2
+    if args.plot:
+        _check_plot_path(args.plot)
     from . import explain
 
     progress = explain.StderrProgress()
@@ -213,31 +369,59 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         formatter_class=_Formatter,
     )
     parser.add_argument("--version", action="version", version=f"pixelfold {__version__}")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, cmd in COMMANDS.items():
         sp = sub.add_parser(name, help=cmd.help, description=cmd.description or cmd.help,
                             epilog=cmd.epilog, formatter_class=_Formatter)
         if command is None or command == name:
             cmd.add_arguments(sp)
+            sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     return parser
 
 
+_DEBUG_HELP = "show the Python traceback of an unexpected error instead of a one-line message"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (argparse errors raise ``SystemExit(2)``)."""
+    """Run the command line; returns the exit status.
+
+    0 success, 1 the command's own "not ok" (e.g. a rewrite whose report is not ok), 2 bad input (argparse
+    errors raise ``SystemExit(2)``; a :class:`~pixelfold.FoldError` is printed as one line), 3 an internal
+    error (one line and a hint; ``--debug`` shows the traceback), 130 interrupted.
+    """
     from .errors import FoldError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(chosen if chosen in COMMANDS else None)
-    args = parser.parse_args(argv)
-    if not args.command:
-        parser.print_help()
-        return 2
+    name = chosen if chosen in COMMANDS else None
+    cmd = f"pixelfold {name}" if name else "pixelfold"
+    args: argparse.Namespace | None = None
     try:
+        parser = build_parser(name)
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 2
         return int(COMMANDS[args.command].run(args) or 0)
     except FoldError as err:
-        print(f"pixelfold {args.command}: error: {err}", file=sys.stderr)
+        if getattr(args, "debug", False):
+            raise
+        print(f"{cmd}: error: {err}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `pixelfold explain | head`: silence the flush at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            raise
+        print(f"{cmd}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - no traceback reaches the user unless asked for
+        if getattr(args, "debug", "--debug" in argv):
+            raise
+        debug_cmd = cmd.replace("pixelfold", "pixelfold --debug", 1)
+        print(f"{cmd}: internal error: {type(err).__name__}: {err}\n"
+              f"{cmd}: this is a bug (in pixelfold, or in the model's code); rerun with --debug for the "
+              f"traceback ({debug_cmd} ...) and report it", file=sys.stderr)
+        return 3

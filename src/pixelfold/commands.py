@@ -1,8 +1,9 @@
 """The ``pixelfold rewrite`` and ``pixelfold tune`` commands, and how they find a model by name.
 
 MODEL is a timm model name (``resnet50``), a torchvision one (``torchvision:resnet18`` or a bare name
-timm does not know), or ``package.module:factory`` (a callable returning an ``nn.Module``). Models are
-built offline with random weights: the rewrites are exact for any weights.
+timm does not know), or ``package.module:factory`` (a callable returning an ``nn.Module``, or a module
+instance). Models are built offline with random weights (nothing is downloaded: :func:`offline`); the
+rewrites are exact for any weights.
 
 >>> type(load_model("torch.nn:Identity")).__name__
 'Identity'
@@ -11,63 +12,163 @@ built offline with random weights: the rewrites are exact for any weights.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import importlib.util
+import inspect
+import os
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
+from .cli import check_distinct, check_output_file, positive_int, positive_float, seed_arg
 from .errors import FoldError
 
-__all__ = ["load_model", "rewrite_arguments", "rewrite_run", "tune_arguments", "tune_run"]
+__all__ = ["load_model", "rewrite_arguments", "rewrite_run", "tune_arguments", "tune_run", "offline"]
+
+
+@contextlib.contextmanager
+def offline(name: str) -> Iterator[None]:
+    """While building ``name``: an empty torch hub cache, and any weight download raises FoldError.
+
+    The README promises that models are built with random weights and nothing is downloaded; this holds
+    for factories that ask for pretrained weights by mistake (torchvision's ``weights_backbone``, say).
+    """
+    import torch.hub
+
+    def refuse(url: str, *args: Any, **kwargs: Any) -> None:
+        raise FoldError(f"building {name!r} tried to download {url}; pixelfold builds models offline with "
+                        "random weights (the rewrites are exact for any weights): build it without pretrained "
+                        "weights (e.g. weights=None, weights_backbone=None, pretrained=False)")
+
+    import torch.utils.model_zoo
+
+    # every name a weight download goes through (torchvision binds torch.hub's function at import)
+    targets = [(torch.hub, "download_url_to_file"), (torch.hub, "load_state_dict_from_url"),
+               (torch.utils.model_zoo, "load_url")]
+    if "torchvision.models._api" in sys.modules:
+        targets.append((sys.modules["torchvision.models._api"], "load_state_dict_from_url"))
+    saved = [(obj, attr, getattr(obj, attr)) for obj, attr in targets if hasattr(obj, attr)]
+    saved_env, saved_dir = os.environ.get("TORCH_HOME"), getattr(torch.hub, "_hub_dir", None)
+    with tempfile.TemporaryDirectory(prefix="pixelfold-no-hub-") as empty:
+        os.environ["TORCH_HOME"] = empty
+        torch.hub.set_dir(os.path.join(empty, "hub"))
+        for obj, attr, _ in saved:
+            setattr(obj, attr, refuse)
+        try:
+            yield
+        finally:
+            for obj, attr, fn in saved:
+                setattr(obj, attr, fn)
+            torch.hub._hub_dir = saved_dir  # type: ignore[attr-defined]
+            if saved_env is None:
+                os.environ.pop("TORCH_HOME", None)
+            else:
+                os.environ["TORCH_HOME"] = saved_env
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
+
+
+def _from_factory(name: str) -> Any:
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr:
+        raise FoldError(f"cannot load {name!r}: give MODEL as package.module:factory")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise FoldError(f"cannot load {name!r}: {err}; give MODEL as package.module:factory (importable from "
+                        "here: check the spelling and PYTHONPATH)") from None
+    except Exception as err:  # noqa: BLE001 - the user's module failed while importing
+        raise FoldError(f"cannot load {name!r}: importing {module_name} raised {type(err).__name__}: {err}") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise FoldError(f"cannot load {name!r}: module {module_name!r} has no attribute {attr!r}; give MODEL "
+                            "as package.module:factory") from None
+    if isinstance(obj, nn.Module):
+        return obj  # a model instance, not a factory
+    if not callable(obj):
+        raise FoldError(f"cannot load {name!r}: {attr} is {_a(type(obj).__name__)}, not a function or class that "
+                        "returns an nn.Module; give MODEL as package.module:factory")
+    return _call(name, "the factory", obj)
+
+
+def _call(name: str, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
+    try:
+        return fn(**kwargs)
+    except FoldError as err:
+        if "tried to download" in str(err):
+            raise
+        raise FoldError(f"cannot build {name!r}: {what} raised FoldError: {err}") from None
+    except Exception as err:  # noqa: BLE001 - the factory's own failure, reported as such
+        raise FoldError(f"cannot build {name!r}: {what} raised {type(err).__name__}: {err}") from None
+
+
+def _torchvision_kwargs(builder: Callable[..., Any]) -> dict[str, Any]:
+    """``weights=None`` and every other ``weights_*`` parameter None (``weights_backbone`` downloads)."""
+    params = inspect.signature(builder).parameters
+    return {p: None for p in params if p == "weights" or p.startswith("weights_")}
 
 
 def load_model(name: str) -> nn.Module:
-    """Build a model from a timm / torchvision name or a ``module:factory`` path (random weights, eval mode)."""
-    if ":" in name and not name.startswith(("torchvision:", "timm:")):
-        module_name, _, attr = name.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise FoldError(f"cannot load {name!r}: {err}; give MODEL as package.module:factory") from None
-        model = factory()
-    else:
-        source, _, bare = name.rpartition(":")
-        model = None
-        if source in ("", "timm"):
-            try:
-                import timm
+    """Build a model from a timm / torchvision name or a ``module:factory`` path (random weights, eval mode).
 
-                if timm.is_model(bare):
-                    model = timm.create_model(bare, pretrained=False)
-            except ImportError:
-                if source == "timm":
-                    raise FoldError("timm is not installed: pip install timm") from None
-        if model is None and source in ("", "torchvision"):
-            try:
-                import torchvision
-
-                if bare in torchvision.models.list_models():
-                    model = torchvision.models.get_model(bare, weights=None)
-            except ImportError:
-                if source == "torchvision":
-                    raise FoldError("torchvision is not installed: pip install torchvision") from None
-        if model is None:
-            raise FoldError(f"no timm or torchvision model is called {bare!r}; give MODEL as a timm name, "
-                            "torchvision:NAME, or package.module:factory")
+    Nothing is downloaded: see :func:`offline`.
+    """
+    with offline(name):
+        model = _load(name)
     if not isinstance(model, nn.Module):
-        raise FoldError(f"{name!r} gave a {type(model).__name__}, not an nn.Module")
+        raise FoldError(f"{name!r} gave {_a(type(model).__name__)}, not an nn.Module")
     return model.eval()
 
 
+def _load(name: str) -> Any:
+    if ":" in name and not name.startswith(("torchvision:", "timm:")):
+        return _from_factory(name)
+    source, _, bare = name.rpartition(":")
+    if source in ("", "timm"):
+        try:
+            import timm
+        except ImportError:
+            if source == "timm":
+                raise FoldError("timm is not installed: pip install timm") from None
+        else:
+            if timm.is_model(bare):
+                return _call(name, "timm.create_model", timm.create_model, model_name=bare, pretrained=False)
+    if source in ("", "torchvision"):
+        try:
+            import torchvision
+        except ImportError:
+            if source == "torchvision":
+                raise FoldError("torchvision is not installed: pip install torchvision") from None
+        else:
+            if bare in torchvision.models.list_models():
+                builder = torchvision.models.get_model_builder(bare)
+                return _call(name, f"torchvision.models.{bare}", builder, **_torchvision_kwargs(builder))
+    raise FoldError(f"no timm or torchvision model is called {bare!r}; give MODEL as a timm name, "
+                    "torchvision:NAME, or package.module:factory")
+
+
 def _shape(text: str) -> tuple[int, ...]:
+    """``"1,3,224,224"`` → ``(1, 3, 224, 224)``: N, C and 1-3 spatial sizes, all ≥ 1."""
     try:
-        shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+        shape = tuple(int(v) for v in text.replace("x", ",").replace("×", ",").split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a shape like 1,3,224,224, got {text!r}") from None
-    if len(shape) < 3:
+    if not 3 <= len(shape) <= 5:
         raise argparse.ArgumentTypeError(f"expected (N, C, *spatial) with 1-3 spatial dims, got {text!r}")
+    if shape[0] < 1:
+        raise argparse.ArgumentTypeError(f"a batch of {shape[0]} gives nothing to verify: expected N ≥ 1, "
+                                         f"got {text!r}")
+    if min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected every size ≥ 1, got {text!r}")
     return shape
 
 
@@ -75,7 +176,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL", help="timm name, torchvision:NAME, or package.module:factory")
     p.add_argument("--input-shape", type=_shape, default=(1, 3, 224, 224), metavar="N,C,H,W",
                    help="example input shape (default: 1,3,224,224)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for weights and input (default: 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="random seed for weights and input (default: 0)")
     p.add_argument("--out", metavar="FILE.pt", help="save the resulting model (torch.save of the module)")
     p.add_argument("--onnx", metavar="FILE.onnx", help="also export the result to ONNX (checked in onnxruntime)")
     p.add_argument("--json", metavar="FILE.json", help="write the report as JSON")
@@ -90,20 +191,54 @@ def rewrite_arguments(p: argparse.ArgumentParser) -> None:
                         "(default: no_stride)")
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse unwritable or clashing output paths, and a missing ONNX toolchain, before any work."""
+    outputs = {"out": args.out, "onnx": args.onnx, "json": args.json, "plan": getattr(args, "plan", None)}
+    for option, path in outputs.items():
+        if path:
+            check_output_file(path, f"--{option}")
+    check_distinct(**outputs)
+    if args.onnx:
+        missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise FoldError(f"--onnx needs {', '.join(missing)} (pip install 'pixelfold[export]'); nothing was run")
+
+
 def _prepare(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(args.seed)
     if not args.quiet:
         print(f"building {args.model} (random weights) ...", file=sys.stderr, flush=True)
     model = load_model(args.model)
-    return model, torch.randn(*args.input_shape)
+    shape = "×".join(map(str, args.input_shape))
+    try:
+        x = torch.randn(*args.input_shape)
+    except RuntimeError as err:
+        raise FoldError(f"cannot make an input of shape {shape}: {err}; give a smaller --input-shape") from None
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception as err:  # noqa: BLE001 - the model refuses this input: say so before the work
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise FoldError(f"{args.model} does not run on an input of shape {shape} ({type(err).__name__}: "
+                        f"{first}); give --input-shape N,C,H,W as the model expects it") from None
+    return model, x
+
+
+def _write(option: str, path: str, action: Callable[[], Any]) -> None:
+    try:
+        action()
+    except OSError as err:
+        raise FoldError(f"{option} {path}: cannot write: {err.strerror or err}") from None
+    except Exception as err:  # noqa: BLE001 - e.g. a model torch.save cannot pickle
+        raise FoldError(f"{option} {path}: {type(err).__name__}: {err}") from None
 
 
 def _finish(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, report_json: str) -> None:
     if args.json:
-        Path(args.json).write_text(report_json)
+        _write("--json", args.json, lambda: Path(args.json).write_text(report_json))
         print(f"report: {args.json}")
     if args.out:
-        torch.save(model, args.out)
+        _write("--out", args.out, lambda: torch.save(model, args.out))
         print(f"model: {args.out} (load with torch.load(path, weights_only=False))")
     if args.onnx:
         from .export import to_onnx
@@ -114,10 +249,12 @@ def _finish(args: argparse.Namespace, model: nn.Module, x: torch.Tensor, report_
 
 def rewrite_run(args: argparse.Namespace) -> int:
     """``pixelfold rewrite MODEL --profile no_stride``: rewrite, verify, print the report."""
-    from .rewrite import rewrite
+    from .rewrite import Profile, rewrite
 
+    _check_outputs(args)
+    profile = Profile.parse(args.profile)  # a bad profile is refused before the model is built
     model, x = _prepare(args)
-    new, report = rewrite(model, args.profile, example_inputs=x, progress=not args.quiet)
+    new, report = rewrite(model, profile, example_inputs=x, progress=not args.quiet)
     print(report)
     _finish(args, new, x, report.to_json())
     return 0 if report.ok else 1
@@ -129,16 +266,17 @@ def tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plan", metavar="FILE.json", default="plan.json", help="where to write the plan "
                    "(default: plan.json)")
     p.add_argument("--channels-last", action="store_true", help="also try the whole model in channels_last")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds per layer (default: 5)")
-    p.add_argument("--min-run-time", type=float, default=0.05, metavar="SEC",
+    p.add_argument("--rounds", type=positive_int, default=5, help="interleaved timing rounds per layer (default: 5)")
+    p.add_argument("--min-run-time", type=positive_float, default=0.05, metavar="SEC",
                    help="seconds per measurement (default: 0.05)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
 
 
 def tune_run(args: argparse.Namespace) -> int:
     """``pixelfold tune MODEL --plan plan.json``: time every exact form per layer, keep the fastest."""
     from .tune import tune
 
+    _check_outputs(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, x = _prepare(args)
@@ -146,7 +284,7 @@ def tune_run(args: argparse.Namespace) -> int:
     tuned, plan = tune(model, x, memory_formats=formats, rounds=args.rounds, min_run_time=args.min_run_time,
                        progress=not args.quiet)
     print(plan)
-    plan.save(args.plan)
+    _write("--plan", args.plan, lambda: plan.save(args.plan))
     print(f"plan: {args.plan} (reapply with pixelfold.apply_plan(model, {args.plan!r}))")
     _finish(args, tuned, x, plan.to_json())
     return 0

@@ -7,18 +7,17 @@ real input (float64), times all of them interleaved in one process with
 ``torch.utils.benchmark`` and keeps the fastest — only where it beats the
 original by more than the noise margin. The whole model is timed at the end;
 if the tuned model is not faster beyond noise, the original is kept. The
-choice is a JSON *plan* that :func:`apply_plan` reapplies without timing.
+choice is a JSON *plan* that :func:`apply_plan` reapplies without timing
+(plans live in :mod:`pixelfold.plan`; they are re-exported here).
 """
 
 from __future__ import annotations
 
 import copy
 import datetime
-import json
+import math
 import platform
 import sys
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -26,11 +25,11 @@ from torch import nn
 
 from . import forms, timing, verify
 from .errors import FoldError
+from .plan import PLAN_SCHEMA, LayerPlan, Plan, _label, apply_plan
 from .spec import ConvSpec
 
 __all__ = ["tune", "apply_plan", "Plan", "LayerPlan", "candidate_forms", "PLAN_SCHEMA"]
 
-PLAN_SCHEMA = "pixelfold.plan/1"
 _PLAIN_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _PLAIN_CONVTS = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 
@@ -69,78 +68,6 @@ def build_form(module: nn.Module, name: str, options: dict[str, Any], freeze: bo
     if freeze and built is not module and callable(getattr(built, "freeze", None)):
         built.freeze()
     return built
-
-
-# ---------------------------------------------------------------------------- plan
-@dataclass
-class LayerPlan:
-    """The choice for one layer: its path, what it was, the form kept and the measurements."""
-
-    path: str
-    type: str
-    spec: str
-    choice: str
-    options: dict[str, Any] = field(default_factory=dict)
-    times_ms: dict[str, float] = field(default_factory=dict)
-    max_error: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class Plan:
-    """A tuning result: per-layer choices plus the machine they were measured on (JSON-serialisable)."""
-
-    layers: list[LayerPlan]
-    device: str
-    torch_version: str
-    memory_format: str = "contiguous"
-    model_time_ms: dict[str, float] = field(default_factory=dict)
-    created: str = ""
-    schema: str = PLAN_SCHEMA
-
-    def to_json(self, indent: int = 2) -> str:
-        """The plan as JSON text."""
-        return json.dumps(asdict(self), indent=indent)
-
-    def save(self, path: str | Path) -> None:
-        """Write the plan as JSON."""
-        Path(path).write_text(self.to_json())
-
-    @classmethod
-    def from_json(cls, text: str) -> "Plan":
-        """Read a plan written by :meth:`to_json`; refuses other schemas."""
-        data = json.loads(text)
-        if data.get("schema") != PLAN_SCHEMA:
-            raise FoldError(f"plan schema {data.get('schema')!r} is not {PLAN_SCHEMA!r}; re-run pixelfold.tune")
-        data["layers"] = [LayerPlan(**entry) for entry in data["layers"]]
-        return cls(**data)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Plan":
-        """Read a plan from a JSON file."""
-        return cls.from_json(Path(path).read_text())
-
-    def __str__(self) -> str:
-        rows = [("layer", "spec", "kept", "original ms", "fastest form measured", "ms", "ratio")]
-        for lp in self.layers:
-            orig = lp.times_ms.get("original", float("nan"))
-            fastest = min(lp.times_ms, key=lp.times_ms.__getitem__) if lp.times_ms else "original"
-            best = lp.times_ms.get(fastest, orig)
-            rows.append((lp.path, lp.spec, _label(lp.choice, lp.options), f"{orig:.3f}", fastest, f"{best:.3f}",
-                         f"{best / orig:.2f}" if orig else "-"))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        mt = self.model_time_ms
-        if mt:
-            lines.append(f"model: original {mt.get('original', float('nan')):.3f} ms, tuned "
-                         f"{mt.get('tuned', float('nan')):.3f} ms on {self.device} (memory format {self.memory_format})")
-        return "\n".join(lines)
-
-
-def _label(name: str, options: dict[str, Any]) -> str:
-    if not options:
-        return name
-    return name + "(" + ",".join(f"{k}={v}" for k, v in sorted(options.items())) + ")"
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -209,6 +136,7 @@ def tune(
     inplace: bool = False,
     progress: bool = True,
     freeze: bool = False,
+    target: str | None = None,
 ) -> tuple[nn.Module, Plan]:
     """Time every exact form of each eligible layer and keep the fastest verified one.
 
@@ -231,6 +159,9 @@ def tune(
             training it), the chosen forms share them.
         freeze: bake the chosen forms' weights for inference (``freeze()``); by default they compute
             them from the shared Parameters, so the tuned model trains and loads checkpoints like the original.
+        target: an NPU target (``"ethos-u55-128"``, ``"rk3588"``, ...): the cost of a form is then that
+            target's compiler's cycle estimate among the forms it runs, not the time here
+            (:mod:`pixelfold.tune_target`).
 
     Returns:
         ``(tuned_model, plan)``; the plan reapplies with :func:`apply_plan`.
@@ -241,6 +172,11 @@ def tune(
         >>> [lp.path for lp in plan.layers], plan.layers[0].choice in ("original", "fold", "patch_linear")
         (['0'], True)
     """
+    if target is not None:
+        from .tune_target import tune_for_target
+
+        return tune_for_target(model, example_inputs, target, candidates=candidates, tolerance=tolerance,
+                               inplace=inplace, progress=progress, freeze=freeze)
     if not memory_formats:
         raise FoldError("memory_formats is empty; pass ('contiguous',) and/or 'channels_last'")
     inputs = verify.as_args(example_inputs)
@@ -287,13 +223,21 @@ def tune(
             times, ratios = _time_ms({k: (lambda m=m: m(*args)) for k, m in built.items()}, rounds, min_run_time,
                                      "original")
         best = min(ratios, key=ratios.__getitem__)
-        if ratios[best] > 1 - margin:
+        if best == "original":
+            reason = "the original was the fastest measured"
+        elif ratios[best] > 1 - margin:
+            reason = f"within noise margin {margin:.0%}: {best} measured {ratios[best]:.3f}× the original"
             best = "original"
+        else:
+            reason = f"{ratios[best]:.3f}× the original's time (paired per-round ratios)"
+        unverified = [k for k in errors if k not in built]
+        if unverified:
+            reason += f"; not exact here, not timed: {', '.join(unverified)}"
         name, opts = options_of[best]
         if best != "original":
             work.set_submodule(path, built[best])
             swapped.append((path, module, built[best]))
-        plans.append(LayerPlan(path, type(module).__name__, spec, name, opts, times, errors))
+        plans.append(LayerPlan(path, type(module).__name__, spec, name, opts, times, errors, reason))
         _progress(progress, f"[{i + 1}/{len(paths)}] {path}: {spec} -> {_label(name, opts)} "
                             f"({times['original']:.3f} -> {times[best]:.3f} ms)")
 
@@ -322,7 +266,10 @@ def tune(
     if kind == "original":
         for path, original, _ in reversed(swapped):
             work.set_submodule(path, original)
-        plans = [LayerPlan(lp.path, lp.type, lp.spec, "original", {}, lp.times_ms, lp.max_error) for lp in plans]
+        why = (f"whole model not faster beyond the {margin:.0%} margin "
+               f"({model_ratios.get(f'tuned/{fmt}', math.nan):.3f}×): kept original")
+        plans = [LayerPlan(lp.path, lp.type, lp.spec, "original", {}, lp.times_ms, lp.max_error,
+                           lp.reason if lp.choice == "original" else why) for lp in plans]
     elif freeze:
         for _, _, form in swapped:
             if hasattr(form, "freeze"):
@@ -357,29 +304,3 @@ def _to_memory_format(model: nn.Module, fmt: torch.memory_format) -> nn.Module:
     return model
 
 
-def apply_plan(model: nn.Module, plan: Plan | str | Path, inplace: bool = False) -> nn.Module:
-    """Reapply a tuning plan without timing; refuses a plan that does not fit ``model``.
-
-    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, stride=4))
-    >>> plan = Plan([LayerPlan("0", "Conv2d", "Conv2d 3→8 k4×4 s4×4 p0×0", "patch_linear")], "cpu", torch.__version__)
-    >>> type(apply_plan(net, plan)[0]).__name__
-    'PatchLinear'
-    """
-    if not isinstance(plan, Plan):
-        plan = Plan.load(plan) if Path(str(plan)).exists() else Plan.from_json(str(plan))
-    work = model if inplace else copy.deepcopy(model)
-    for lp in plan.layers:
-        try:
-            module = work.get_submodule(lp.path)
-        except AttributeError:
-            raise FoldError(f"the plan names layer {lp.path!r}, which this model does not have; "
-                            "the plan was made for another model: re-run pixelfold.tune") from None
-        spec = str(ConvSpec.from_module(module)) if isinstance(module, nn.modules.conv._ConvNd) else type(module).__name__
-        if type(module).__name__ != lp.type or spec != lp.spec:
-            raise FoldError(f"layer {lp.path!r} is {type(module).__name__} {spec} but the plan expects {lp.type} "
-                            f"{lp.spec}; the plan was made for another model: re-run pixelfold.tune")
-        if lp.choice != "original":
-            work.set_submodule(lp.path, build_form(module, lp.choice, lp.options))
-    if plan.memory_format == "channels_last":
-        _to_memory_format(work, torch.channels_last)
-    return work

@@ -233,3 +233,35 @@ def test_target_names_work_like_profiles():
     assert pf.Rule("target", target="ethos-u55-128").transform_name == "ethos-u55-128"
     with pytest.raises(FoldError, match="unknown profile 'rk9999'; use one of .* or a target: dla, ethos-n"):
         pf.Profile.parse("rk9999")
+
+
+# ---------------------------------------------------------------------------- tune by a compiler's cost model
+def _fake_cycles(module, shape):
+    """A stand-in compiler: cycles = MACs / 100, + 1000 per op; a k8/s8 conv is very slow (as Vela's U55 is)."""
+    from pixelfold.targets.solver import macs_of
+    slow = any(isinstance(m, nn.Conv2d) and m.stride == (8, 8) for m in module.modules())
+    return macs_of(module, shape) / 100 * (25 if slow else 1), "fake"
+
+
+def test_tune_for_a_target_by_its_cost_model():
+    from pixelfold.tune_target import tune_for_target
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 8, stride=8), nn.ReLU(), nn.Conv2d(16, 16, 3, stride=2, padding=1),
+                        nn.ReLU(), nn.ConvTranspose2d(16, 8, 4, stride=4))
+    x = torch.randn(1, 3, 64, 64)
+    tuned, plan = tune_for_target(net, x, "ethos-u55-128", cost=_fake_cycles, progress=False)
+    by_path = {lp.path: lp for lp in plan.layers}
+    assert by_path["0"].choice == "fold"            # on the NPU already, but 25× cheaper folded (Vela: 551k → 22k)
+    assert by_path["2"].choice == "original"        # the cheapest form is the original: never more cycles
+    assert by_path["4"].choice == "subpixel"        # the original is rejected (stride 4 deconv): infinite cost
+    assert by_path["4"].times_ms["original"] == float("inf")
+    assert "custom cost" in plan.cost and "ethos-u55-128" in plan.device
+    torch.testing.assert_close(tuned(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_tune_for_a_data_only_target_falls_back_to_macs_and_says_so(capsys):
+    net = nn.Sequential(nn.Conv2d(3, 16, 7, stride=4, padding=3))
+    tuned, plan = pf.tune(net, torch.randn(1, 3, 32, 32), target="tidl")
+    assert plan.layers[0].choice == "fold"
+    assert plan.cost.startswith("MACs among the forms tidl's constraints accept (no compiler judges it here")
+    assert "choosing by the target's constraints and MACs instead" in capsys.readouterr().err

@@ -270,3 +270,24 @@ def test_internal_errors_are_one_line_with_a_hint(capsys, monkeypatch):
         main(["--debug", "rewrite", "test_commands:tiny_model", "--input-shape", "1,3,16,16", "--quiet"])
     with pytest.raises(KeyError):
         main(["rewrite", "test_commands:tiny_model", "--input-shape", "1,3,16,16", "--quiet", "--debug"])
+
+
+# ---------------------------------------------------------------------------- NPU targets on the command line
+def test_rewrite_with_a_target(capsys, tmp_path):
+    from pixelfold.cli import main
+    rc = main(["rewrite", "zoo:conv_k7s4", "--target", "ethos-u55-128", "--quiet", "--json", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "pixelfold rewrite [ethos-u55-128]: 1 changed" in out
+    assert "ethos-u55-128 rejects Conv2d 3→32 k7×7 s4×4 p3×3: CONV_2D: Stride>3 is only supported IF" in out
+
+
+def test_target_errors_are_clear_and_early(capsys):
+    from pixelfold.cli import main
+    assert main(["rewrite", "zoo:conv_k7s4", "--target", "npu9000", "--quiet"]) == 2
+    assert "unknown target 'npu9000'; built-in targets: dla, ethos-n" in capsys.readouterr().err
+    assert main(["rewrite", "zoo:conv_k7s4", "--target", "rk3588", "--profile", "no_stride", "--quiet"]) == 2
+    assert "give --profile or --target, not both" in capsys.readouterr().err
+    assert main(["check", "zoo:conv_k7s4", "--target", "tidl", "--quiet"]) == 2
+    assert "tidl is a data-only target: no compiler judges it here" in capsys.readouterr().err
+    assert main(["rewrite", "zoo:nope", "--quiet"]) == 2
+    assert "no zoo model is called 'nope'; the zoo has yolov5_focus" in capsys.readouterr().err

@@ -13,7 +13,7 @@ other exception is a bug: ``pixelfold <cmd>: internal error: <Type>: <msg>``,
 exit status 3, and ``pixelfold --debug <cmd> ...`` shows its traceback.
 
 >>> sorted(COMMANDS)
-['bench', 'explain', 'rewrite', 'tune']
+['bench', 'check', 'explain', 'rewrite', 'tune']
 >>> main(["explain", "--channels", "12", "--block", "4", "--no-time"])  # message on stderr
 2
 """
@@ -345,6 +345,12 @@ register_module("tune", "time every exact form of each layer on this machine, ke
                 "pixelfold.commands", "tune_arguments", "tune_run",
                 "Time every exact form of each eligible layer (fold, patch_linear, subpixel, merge) on this "
                 "machine, keep the fastest verified one, and write the choices as a JSON plan.")
+register_module("check", "compile a model for an NPU target with the vendor's compiler: per-op NPU/CPU, cycles",
+                "pixelfold.commands_check", "check_arguments", "check_run",
+                "Compile MODEL for an NPU target with its vendor's compiler (Vela for Ethos-U, rknn-toolkit2 for "
+                "Rockchip; build them with make npu-env) and print where each operator runs, the compiler's reasons "
+                "for CPU fallbacks and its cycle estimate; --rewrite also rewrites the model for the target and "
+                "judges the result.")
 register_module("bench", "run the benchmark suite (every exact form side by side) and write tables and a chart",
                 "pixelfold.bench")
 

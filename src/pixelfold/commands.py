@@ -130,6 +130,12 @@ def load_model(name: str) -> nn.Module:
 
 
 def _load(name: str) -> Any:
+    if name.startswith("zoo:"):
+        from . import zoo
+
+        if name[4:] not in zoo.ZOO:
+            raise FoldError(f"no zoo model is called {name[4:]!r}; the zoo has {', '.join(zoo.ZOO)}")
+        return zoo.build(name[4:])
     if ":" in name and not name.startswith(("torchvision:", "timm:")):
         return _from_factory(name)
     source, _, bare = name.rpartition(":")
@@ -172,23 +178,46 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", metavar="MODEL", help="timm name, torchvision:NAME, or package.module:factory")
-    p.add_argument("--input-shape", type=_shape, default=(1, 3, 224, 224), metavar="N,C,H,W",
-                   help="example input shape (default: 1,3,224,224)")
+def _common_model(p: argparse.ArgumentParser, files: bool = False) -> None:
+    """MODEL, --input-shape, --seed, --quiet (what every model command takes)."""
+    what = "timm name, torchvision:NAME, zoo:NAME (pixelfold.zoo), or package.module:factory"
+    p.add_argument("model", metavar="MODEL", help=what + (" (or an .onnx / .tflite file)" if files else ""))
+    p.add_argument("--input-shape", type=_shape, default=None, metavar="N,C,H,W",
+                   help="example input shape (default: 1,3,224,224; a zoo:NAME model's own)")
     p.add_argument("--seed", type=seed_arg, default=0, help="random seed for weights and input (default: 0)")
+    p.add_argument("--quiet", action="store_true", help="no per-layer progress on stderr")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _common_model(p)
     p.add_argument("--out", metavar="FILE.pt", help="save the resulting model (torch.save of the module)")
     p.add_argument("--onnx", metavar="FILE.onnx", help="also export the result to ONNX (checked in onnxruntime)")
     p.add_argument("--json", metavar="FILE.json", help="write the report as JSON")
-    p.add_argument("--quiet", action="store_true", help="no per-layer progress on stderr")
 
 
 def rewrite_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``pixelfold rewrite``."""
     _common(p)
-    p.add_argument("--profile", default="no_stride", metavar="NAME",
-                   help="no_stride, no_transposed, max_kernel=N, min_channels=N, joined with + "
+    p.add_argument("--profile", default=None, metavar="NAME",
+                   help="no_stride, no_transposed, patch_linear, max_kernel=N, min_channels=N, joined with + "
                         "(default: no_stride)")
+    _target_argument(p, "rewrite exactly what this NPU target's compiler rejects (instead of a --profile)")
+
+
+def _target_argument(p: argparse.ArgumentParser, help: str) -> None:
+    from . import targets
+
+    p.add_argument("--target", default=None, metavar="NAME",
+                   help=f"{help}: {', '.join(targets.names())}, or a .toml/.json target file")
+
+
+def _target(args: argparse.Namespace) -> Any:
+    """The --target's Target (checked before any work), or None."""
+    if not getattr(args, "target", None):
+        return None
+    from . import targets
+
+    return targets.get(args.target)
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -209,6 +238,11 @@ def _prepare(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor]:
     if not args.quiet:
         print(f"building {args.model} (random weights) ...", file=sys.stderr, flush=True)
     model = load_model(args.model)
+    if args.input_shape is None:
+        from . import zoo
+
+        bare = args.model[4:] if args.model.startswith("zoo:") else None
+        args.input_shape = zoo.ZOO[bare].input_shape if bare in zoo.ZOO else (1, 3, 224, 224)
     shape = "×".join(map(str, args.input_shape))
     try:
         x = torch.randn(*args.input_shape)
@@ -252,7 +286,11 @@ def rewrite_run(args: argparse.Namespace) -> int:
     from .rewrite import Profile, rewrite
 
     _check_outputs(args)
-    profile = Profile.parse(args.profile)  # a bad profile is refused before the model is built
+    target = _target(args)
+    if target is not None and args.profile:
+        raise FoldError("give --profile or --target, not both (a target is its own profile); nothing was run")
+    # a bad profile or target is refused before the model is built
+    profile = Profile.target(target) if target is not None else Profile.parse(args.profile or "no_stride")
     model, x = _prepare(args)
     new, report = rewrite(model, profile, example_inputs=x, progress=not args.quiet)
     print(report)
@@ -270,6 +308,7 @@ def tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-run-time", type=positive_float, default=0.05, metavar="SEC",
                    help="seconds per measurement (default: 0.05)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's)")
+    _target_argument(p, "tune for this NPU target by its compiler's cycle estimates instead of this machine's time")
 
 
 def tune_run(args: argparse.Namespace) -> int:
@@ -281,8 +320,9 @@ def tune_run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     model, x = _prepare(args)
     formats = ("contiguous", "channels_last") if args.channels_last else ("contiguous",)
+    target = _target(args)
     tuned, plan = tune(model, x, memory_formats=formats, rounds=args.rounds, min_run_time=args.min_run_time,
-                       progress=not args.quiet)
+                       progress=not args.quiet, target=target)
     print(plan)
     _write("--plan", args.plan, lambda: plan.save(args.plan))
     print(f"plan: {args.plan} (reapply with pixelfold.apply_plan(model, {args.plan!r}))")

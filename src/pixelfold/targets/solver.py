@@ -13,7 +13,7 @@ constraint each form breaks, in the target's own words.
 >>> d.changed, d.candidate.label
 (True, 'fold(block=2×2,order=dcr)')
 >>> print(d.reason)
-ethos-u55-128 rejects Conv2d 3→16 k7×7 s4×4 p3×3: CONV_2D: Stride>3 is only supported IF (dilation = 1 AND padding = VALID); fold(block=2×2,order=dcr) runs on it
+ethos-u55-128 rejects Conv2d 3→16 k7×7 s4×4 p3×3: CONV_2D: Stride>3 is only supported IF (dilation = 1 AND padding = VALID) (Vela 5.2 crashes on the PAD + CONV_2D a padded one becomes: 'Non-passthrough operation (Conv2D) could not run on NPU'); fold(block=2×2,order=dcr) runs on it
 """
 
 from __future__ import annotations

@@ -65,7 +65,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -480,8 +482,25 @@ def to_onnx(
         _require("onnxscript")
     if check:
         _require("onnxruntime")
-    path = Path(path)
-    _remove(path)
+    final = Path(path)
+    workdir = Path(tempfile.mkdtemp(prefix=".pixelfold-export-", dir=final.parent if final.parent.is_dir() else None))
+    path = workdir / final.name  # exported and checked here; moved over ``final`` only when it passed
+    try:
+        _export_and_check(model, args, path, opset, use_dynamo, native_rearrange, check, freeze, rtol, atol,
+                          export_kwargs)
+        for p in (path, path.with_name(path.name + ".data")):
+            if p.exists():
+                os.replace(p, final.with_name(p.name))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return final
+
+
+def _export_and_check(model: nn.Module, args: tuple[Any, ...], path: Path, opset: int, use_dynamo: bool,
+                      native_rearrange: bool, check: bool, freeze: bool, rtol: float, atol: float,
+                      export_kwargs: dict[str, Any]) -> None:
+    """The body of :func:`to_onnx`, writing to ``path`` (a fresh temporary location)."""
+    checked_kwargs = dict(export_kwargs)
     kwargs: dict[str, Any] = {"opset_version": opset, "dynamo": use_dynamo, "verbose": False}
     if use_dynamo:
         kwargs["external_data"] = False  # one self-contained file (torch still splits models over 2 GB)
@@ -527,10 +546,41 @@ def to_onnx(
         if check:
             try:
                 check_onnx(model, args, path, rtol=rtol, atol=atol)
+                _check_other_sizes(model, args, path, checked_kwargs, rtol, atol)
             except FoldError as err:
                 _remove(path)
                 raise FoldError(f"{err} (export removed; to_onnx(..., check=False) keeps it for inspection)") from err
-    return path
+
+
+def _check_other_sizes(model: nn.Module, args: tuple[Any, ...], path: Path, export_kwargs: dict[str, Any],
+                       rtol: float, atol: float) -> None:
+    """With dynamic dims, check the file at other sizes too (:mod:`pixelfold.export_sizes`); refuse if none ran."""
+    from .export_sizes import variants
+
+    others = variants(args, export_kwargs)
+    if not others and not _has_dynamic(export_kwargs):
+        return
+    checked = 0
+    for other in others:
+        try:
+            with torch.no_grad():
+                model(*other)
+        except Exception:  # a size the model itself rejects says nothing about the export
+            continue
+        try:
+            check_onnx(model, other, path, rtol=rtol, atol=atol)
+        except FoldError as err:
+            shapes = [tuple(t.shape) for t in other if isinstance(t, torch.Tensor)]
+            raise FoldError(f"the export with dynamic shapes is right at the example but not at input shapes "
+                            f"{shapes}: {err}") from err
+        checked += 1
+    if checked == 0:
+        raise FoldError("the export has dynamic dims but no other input size could be checked (the model rejects "
+                        "every variant of the example); export with static shapes, or check=False to skip the check")
+
+
+def _has_dynamic(export_kwargs: dict[str, Any]) -> bool:
+    return bool(export_kwargs.get("dynamic_shapes") or export_kwargs.get("dynamic_axes"))
 
 
 def _require(package: str) -> None:

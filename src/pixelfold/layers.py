@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,7 @@ from .probe import merge as _merge_by_probe
 from .probe import padded_conv
 from .rearrange import ORDERS, check_block, depth_to_space, phase_permutation, space_to_depth
 from .spec import ConvSpec, build_module, empty_module
+from .symsize import ceil_div, fit, is_symbolic
 
 __all__ = [
     "SpaceToDepth",
@@ -509,47 +510,66 @@ class PhaseConv(_GatheredConv):
                  for off in self.live_phases]
         return parts[0] if len(parts) == 1 else torch.stack(parts, 2).flatten(1, 2)
 
-    def _geometry(self, spatial: Sequence[int]) -> tuple[list[int], list[tuple[int, int]]]:
-        """Output size and the (lo, hi) zero padding (negative: crop) after mode padding."""
+    def _geometry(self, spatial: Sequence[Any]) -> tuple[list[Any], list[tuple[int, Any]], list[Any]]:
+        """Output size, the (lo, hi) zero padding (negative: crop) after mode padding, and the padded length.
+
+        Only non-negative floor divisions (exact when an exporter lowers them to truncation) and no branch
+        on the sizes when they are symbolic (the too-small check then is the inner conv's own).
+        """
         out = self.spec.output_size(spatial)
-        if any(o < 1 for o in out):
+        if not is_symbolic(spatial) and any(o < 1 for o in out):
             raise FoldError(
                 f"input of spatial size {tuple(spatial)} is too small for {self.spec} (output would be {out}); "
                 "the original conv rejects it too: pass a larger input"
             )
-        extra = []
+        extra, needed_all = [], []
         for L, (lo, hi), n_out, s2, Q, B, b in zip(spatial, self.spec.padding, out, self.inner.stride,
                                                    self.inner.kernel, self.in_block, self.out_block):
-            blocks = -(-n_out // b)
+            blocks = ceil_div(n_out, b)
             needed = ((blocks - 1) * s2 + Q) * B
             extra.append((0, needed - (L + lo + hi)))
-        return list(out), extra
+            needed_all.append(needed)
+        return list(out), extra, needed_all
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.spec.dims
         if x.dim() != n + 2:
             raise FoldError(f"expected input of rank {n + 2} (N, C, *spatial), got shape {tuple(x.shape)}")
-        out, extra = self._geometry(x.shape[2:])
-        pads = [(lo, hi + e) for (lo, hi), (_, e) in zip(self.spec.padding, extra)]
+        spatial = x.shape[2:]
+        out, extra, needed = self._geometry(spatial)
         mode = self.spec.padding_mode
         conv_pad: list[int] = [0] * n
-        if mode == "zeros":
-            if all(lo == hi and lo % B == 0 for (lo, hi), B in zip(pads, self.in_block)):
-                conv_pad = [lo // B for (lo, _), B in zip(pads, self.in_block)]
-            else:
-                x = F.pad(x, [v for lo, hi in reversed(pads) for v in (lo, hi)])
+        if is_symbolic(spatial):
+            # no Python branch on the sizes (they are graph values): pad by the constant padding, then one
+            # zero pad / crop to the needed length (see pixelfold.symsize)
+            low = [lo for lo, _ in self.spec.padding]
+            if mode != "zeros":
+                if any(lo or hi for lo, hi in self.spec.padding):
+                    x = F.pad(x, [v for lo, hi in reversed(self.spec.padding) for v in (lo, hi)], mode=mode)
+                low = [0] * n
+            x = fit(x, needed, low)
         else:
-            if any(lo or hi for lo, hi in self.spec.padding):
-                x = F.pad(x, [v for lo, hi in reversed(self.spec.padding) for v in (lo, hi)],
-                          mode=mode)
-            if any(e for _, e in extra):
-                x = F.pad(x, [v for _, e in reversed(extra) for v in (0, e)])
+            pads = [(lo, hi + e) for (lo, hi), (_, e) in zip(self.spec.padding, extra)]
+            if mode == "zeros":
+                if all(lo == hi and lo % B == 0 for (lo, hi), B in zip(pads, self.in_block)):
+                    conv_pad = [lo // B for (lo, _), B in zip(pads, self.in_block)]
+                else:
+                    x = F.pad(x, [v for lo, hi in reversed(pads) for v in (lo, hi)])
+            else:
+                if any(lo or hi for lo, hi in self.spec.padding):
+                    x = F.pad(x, [v for lo, hi in reversed(self.spec.padding) for v in (lo, hi)],
+                              mode=mode)
+                if any(e for _, e in extra):
+                    x = F.pad(x, [v for _, e in reversed(extra) for v in (0, e)])
         x = self._gather_phases(x)
         y = _CONV_FN[n](x, self.transformed_weight(), self.transformed_bias(), self.inner.stride, conv_pad,
                         1, self.spec.groups)
         if math.prod(self.out_block) > 1:
             y = depth_to_space(y, self.out_block, self.order)
-            y = y[(slice(None), slice(None), *[slice(0, o) for o in out])]
+            if is_symbolic(spatial):
+                y = fit(y, out)
+            else:
+                y = y[(slice(None), slice(None), *[slice(0, o) for o in out])]
         return y
 
     def extra_repr(self) -> str:

@@ -37,7 +37,7 @@ from .probe import merge as _merge_by_probe
 from .probe import padded_conv
 from .rearrange import ORDERS, check_block, depth_to_space, phase_permutation, space_to_depth
 from .spec import ConvSpec, build_module, empty_module
-from .symsize import ceil_div, fit, is_symbolic
+from .symsize import ceil_div, fit, is_symbolic, space_to_depth_unfold
 
 __all__ = [
     "SpaceToDepth",
@@ -56,6 +56,7 @@ __all__ = [
     "icnr_",
 ]
 
+_SPACE_TO_DEPTH = space_to_depth  # (not rerouted by pixelfold.export.onnx_native_ops)
 _CONV_FN: dict[int, Callable[..., torch.Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
@@ -505,6 +506,8 @@ class PhaseConv(_GatheredConv):
 
     def _gather_phases(self, x: torch.Tensor) -> torch.Tensor:
         if self.live_phases is None:
+            if isinstance(x.shape[-1], torch.SymInt) and space_to_depth is _SPACE_TO_DEPTH:  # torch.export
+                return space_to_depth_unfold(x, self.in_block, self.order)
             return space_to_depth(x, self.in_block, self.order)
         parts = [x[(slice(None), slice(None), *[slice(u, None, b) for u, b in zip(off, self.in_block)])]
                  for off in self.live_phases]
@@ -667,9 +670,17 @@ class PatchLinear(_GatheredConv):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.spec.dims
         k = self.spec.kernel
-        out = self.spec.output_size(x.shape[2:])
-        x = x[(slice(None), slice(None), *[slice(0, o * ki) for o, ki in zip(out, k)])]
-        patches = space_to_depth(x, k, self.order).movedim(1, -1)  # (N, *out, C·R)
+        if isinstance(x.shape[-1], torch.SymInt):
+            # torch.export with dynamic sizes: the matmul's reshapes need stride guards its solver cannot
+            # prove, so the program records the conv this module equals (the same weight, reshaped back)
+            w = self.transformed_weight()
+            C = self.spec.in_channels
+            w = w.view(w.shape[0], C, *k) if self.order == "crd" else w.view(w.shape[0], *k, C).movedim(-1, 1)
+            return _CONV_FN[n](x, w, self.transformed_bias(), k)
+        else:
+            out = self.spec.output_size(x.shape[2:])
+            x = x[(slice(None), slice(None), *[slice(0, o * ki) for o, ki in zip(out, k)])]
+            patches = space_to_depth(x, k, self.order).movedim(1, -1)  # (N, *out, C·R)
         y = F.linear(patches, self.transformed_weight(), self.transformed_bias())
         return y.movedim(n + 1, 1)  # not movedim(-1, ...): the TorchScript ONNX exporter mis-writes negative dims
 

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["ceil_div", "clamp_min0", "fit", "is_symbolic", "narrow"]
+__all__ = ["ceil_div", "clamp_min0", "fit", "is_symbolic", "narrow", "space_to_depth_unfold"]
 
 
 def is_symbolic(sizes: Sequence[Any]) -> bool:
@@ -79,3 +79,30 @@ def fit(x: torch.Tensor, sizes: Sequence[Any], low: Sequence[int] | None = None)
     for want, have, lo in zip(reversed(list(sizes)), reversed(list(spatial)), reversed(lows)):
         pads += [lo, want - have - lo]
     return torch.nn.functional.pad(x, pads)
+
+
+def space_to_depth_unfold(x: torch.Tensor, block: Sequence[int], order: str) -> torch.Tensor:
+    """:func:`pixelfold.space_to_depth` by ``Tensor.unfold`` (the caller guarantees divisible sizes).
+
+    The same values as the reshape form, but no view splits a symbolic dim, so torch.export needs no
+    divisibility guard its solver cannot prove (``Mod(2*k + 2, k + 1)``); used when sizes are symbolic.
+
+    >>> import pixelfold
+    >>> x = torch.randn(2, 3, 4, 6)
+    >>> all(torch.equal(space_to_depth_unfold(x, (2, 3), o), pixelfold.space_to_depth(x, (2, 3), o))
+    ...     for o in ("crd", "dcr", "focus"))
+    True
+    """
+    from .rearrange import _channel_axes
+
+    n = len(block)
+    N, C = x.shape[0], x.shape[1]
+    u = x
+    for i, b in enumerate(block):
+        u = u.unfold(2 + i, b, b)  # (N, C, *outer, b_0, ..., b_i)
+    pos = {"c": 1, **{str(i): 2 + n + i for i in range(n)}}
+    perm = [0, *[pos[a] for a in _channel_axes(n, order)], *range(2, 2 + n)]
+    R = 1
+    for b in block:
+        R *= b
+    return u.permute(perm).reshape(N, C * R, *u.shape[2:2 + n])

@@ -226,6 +226,43 @@ def _traced() -> bool:
     return bool(torch.jit.is_tracing() or torch.jit.is_scripting())
 
 
+def _like_conv_output(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y`` in the memory format PyTorch's conv gives for input ``x``: channels-last for a channels-last
+    4-D/5-D input, else contiguous (a crop or a rearrangement view would break a downstream ``.view()``).
+
+    Canonical strides, not just ``is_contiguous()``: a conv whose output has odd strides on size-1 dims
+    (e.g. ``(4, 1, 2)`` for shape ``(1, 2, 2)``) fails in float64 backward ("grad_weight must be contiguous").
+    """
+    fmt = torch.contiguous_format
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        fmt = torch.channels_last
+    elif x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        fmt = torch.channels_last_3d
+    if fmt is torch.contiguous_format:
+        want, acc = [], 1
+        for size in reversed(y.shape):
+            want.append(acc)
+            acc *= size
+        if tuple(reversed(want)) == tuple(y.stride()):
+            return y
+        return y.clone(memory_format=torch.contiguous_format)
+    return y if y.is_contiguous(memory_format=fmt) else y.contiguous(memory_format=fmt)
+
+
+def _batched(input: torch.Tensor, dims: int) -> tuple[torch.Tensor, bool]:
+    """``(input with a batch dim, whether one was added)``: unbatched ``(C, *spatial)`` works as on ``nn.ConvNd``."""
+    if isinstance(input, torch.Tensor) and input.dim() == dims + 1:
+        return input.unsqueeze(0), True
+    return input, False
+
+
+def _finish(y: torch.Tensor, x: torch.Tensor, unbatched: bool) -> torch.Tensor:
+    """The output as ``nn.ConvNd`` returns it: its memory format (eager), the batch dim removed if none came in."""
+    if not is_symbolic(x.shape):
+        y = _like_conv_output(y, x)
+    return y.squeeze(0) if unbatched else y
+
+
 def _check_form_size(inner: ConvSpec, weight: torch.Tensor | None, hint: Callable[[], str]) -> None:
     """Refuse a form whose inner weight would exceed :data:`MAX_FORM_BYTES` (with the numbers and what fits)."""
     numel = math.prod(inner.weight_shape())
@@ -534,10 +571,16 @@ class PhaseConv(_GatheredConv):
             needed_all.append(needed)
         return list(out), extra, needed_all
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """The original conv's ``forward(input)`` (batched ``(N, C, *spatial)`` or unbatched ``(C, *spatial)``)."""
+        x, unbatched = _batched(input, self.spec.dims)
+        return _finish(self._forward(x), x, unbatched)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.spec.dims
         if x.dim() != n + 2:
-            raise FoldError(f"expected input of rank {n + 2} (N, C, *spatial), got shape {tuple(x.shape)}")
+            raise FoldError(f"expected input of rank {n + 2} (N, C, *spatial) or {n + 1} (C, *spatial), "
+                            f"got shape {tuple(x.shape)}")
         spatial = x.shape[2:]
         out, extra, needed = self._geometry(spatial)
         mode = self.spec.padding_mode
@@ -554,7 +597,10 @@ class PhaseConv(_GatheredConv):
         else:
             pads = [(lo, hi + e) for (lo, hi), (_, e) in zip(self.spec.padding, extra)]
             if mode == "zeros":
-                if all(lo == hi and lo % B == 0 for (lo, hi), B in zip(pads, self.in_block)):
+                # (the conv's own padding only where every phase is longer than 1: PyTorch's float64 conv
+                # backward fails on a size-1 input dim with padding, "grad_weight must be contiguous")
+                if all(lo == hi and lo % B == 0 and L >= 2 * B
+                       for (lo, hi), B, L in zip(pads, self.in_block, spatial)):
                     conv_pad = [lo // B for (lo, _), B in zip(pads, self.in_block)]
                 else:
                     x = F.pad(x, [v for lo, hi in reversed(pads) for v in (lo, hi)])
@@ -667,7 +713,12 @@ class PatchLinear(_GatheredConv):
         self._register_map("weight_index", _index_map(flatten, self.weight.shape))
         self._register_map("bias_index", None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """The original conv's ``forward(input)`` (batched or unbatched), contiguous like the conv's output."""
+        x, unbatched = _batched(input, self.spec.dims)
+        return _finish(self._forward(x), x, unbatched)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.spec.dims
         k = self.spec.kernel
         if isinstance(x.shape[-1], torch.SymInt):
@@ -755,10 +806,16 @@ class SubpixelConvTranspose(_GatheredConv):
             pad.append(want - lo)
         return self.spec.replace(output_padding=tuple(pad))
 
-    def forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
+        """The original transposed conv's ``forward(input, output_size)`` (batched or unbatched)."""
+        x, unbatched = _batched(input, self.spec.dims)
+        return _finish(self._forward(x, output_size), x, unbatched)
+
+    def _forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
         n = self.spec.dims
         if x.dim() != n + 2:
-            raise FoldError(f"expected input of rank {n + 2} (N, C, *spatial), got shape {tuple(x.shape)}")
+            raise FoldError(f"expected input of rank {n + 2} (N, C, *spatial) or {n + 1} (C, *spatial), "
+                            f"got shape {tuple(x.shape)}")
         spec = self._spec_for(x, output_size)
         out = spec.output_size(x.shape[2:])
         if self.form == "shared":

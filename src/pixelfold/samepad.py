@@ -59,10 +59,10 @@ class SamePadPhaseConv(PhaseConv):
             out.append((total // 2, total - total // 2))
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = self.same_padding(x.shape[2:])
         if is_symbolic(x.shape[2:]):  # sizes are graph values: always pad (possibly by 0), no branch on them
             x = F.pad(x, [v for lo, hi in reversed(pads) for v in (lo, hi)])
         elif any(lo or hi for lo, hi in pads):
             x = F.pad(x, [v for lo, hi in reversed(pads) for v in (lo, hi)])
-        return super().forward(x)
+        return super()._forward(x)

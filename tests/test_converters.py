@@ -150,3 +150,48 @@ def test_torchscript_export_output_dims_do_not_alias(tmp_path):
         (out,) = onnx.load(str(path)).graph.output
         params = [d.dim_param for d in out.type.tensor_type.shape.dim if d.dim_param]
         assert len(params) == len(set(params)) and len(params) >= 3, params
+
+
+# ---------------------------------------------------------------------------- target-aware export (issue 10 item 4)
+def _max_rank(path) -> int:
+    onnx = pytest.importorskip("onnx")
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    g = model.graph
+    ranks = [len(v.type.tensor_type.shape.dim) for v in [*g.value_info, *g.input, *g.output]]
+    return max(ranks)
+
+
+@pytest.mark.parametrize("target, style", [(None, None), ("onnxruntime", "native"), ("ethos-u55-128", "rank4"),
+                                           ("rk3588", "rank4_nchw")])
+@pytest.mark.parametrize("order", ["dcr", "crd"])
+def test_to_onnx_target_lowering(tmp_path, target, style, order):
+    pytest.importorskip("onnxruntime")
+    from pixelfold import targets
+    from pixelfold.export import count_ops, to_onnx
+
+    if target is not None:
+        assert targets.get(target).lowering == style
+    model = nn.Sequential(pf.fold(nn.Conv2d(3, 8, 3, stride=2, padding=1), 2, order=order),
+                          nn.Conv2d(8, 16, 1), pf.DepthToSpace(2, order))
+    path = to_onnx(model, torch.randn(1, 3, 16, 16), tmp_path / "m.onnx", target=target)  # checked exact in ORT
+    ops = count_ops(path)
+    if style in (None, "native"):
+        assert ops.get("DepthToSpace") == 1
+        assert ops.get("SpaceToDepth", 0) == (1 if order == "dcr" else 0)
+    else:
+        assert "SpaceToDepth" not in ops and "DepthToSpace" not in ops
+        assert ops["Transpose"] >= 2 and _max_rank(path) <= 4
+
+
+def test_to_onnx_target_reshape6_and_object(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from pixelfold.export import count_ops, to_onnx
+
+    class Target:
+        lowering = "reshape6"
+
+    model = pf.fold(nn.Conv2d(3, 8, 3, stride=2, padding=1), 2, order="dcr")
+    path = to_onnx(model, torch.randn(1, 3, 16, 16), tmp_path / "m.onnx", target=Target())
+    assert "SpaceToDepth" not in count_ops(path) and _max_rank(path) == 6
+    with pytest.raises(pf.FoldError, match="target must be a target name or a pixelfold.targets target, got int"):
+        to_onnx(model, torch.randn(1, 3, 16, 16), tmp_path / "m.onnx", target=3)

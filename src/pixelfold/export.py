@@ -436,6 +436,7 @@ def to_onnx(
     dynamo: bool | None = None,
     rtol: float = 1e-5,
     atol: float = 0.0,
+    target: Any = None,
     **export_kwargs: Any,
 ) -> Path:
     """Export ``model`` to ONNX at ``path``, check it in onnxruntime, return the path.
@@ -459,6 +460,10 @@ def to_onnx(
         freeze: export unfrozen pixelfold conv modules as if ``freeze()``-d (the
             transformed weight as an initializer, no runtime gather); restored afterwards.
         dynamo: force the exporter (``True``: ``torch.export``-based, ``False``: TorchScript).
+        target: a target name or object (:func:`pixelfold.targets.get`): every pixelfold rearrangement
+            is written in the target's ``lowering`` style (:mod:`pixelfold.judges.lowering`:
+            ``native`` = this function's default, ``reshape6``, ``rank4``, ``rank4_nchw``).
+            ``None`` (default): native ops where ``native_rearrange`` allows.
         **export_kwargs: passed to :func:`torch.onnx.export` (``input_names``,
             ``dynamic_shapes``, ``external_data=True`` for weights in ``<path>.data``, ...).
 
@@ -482,12 +487,20 @@ def to_onnx(
         _require("onnxscript")
     if check:
         _require("onnxruntime")
+    style = _lowering_style(target)
+    if style is not None and style != "native":
+        native_rearrange = False  # the lowering writes every rearrangement itself
     final = Path(path)
     workdir = Path(tempfile.mkdtemp(prefix=".pixelfold-export-", dir=final.parent if final.parent.is_dir() else None))
     path = workdir / final.name  # exported and checked here; moved over ``final`` only when it passed
     try:
-        _export_and_check(model, args, path, opset, use_dynamo, native_rearrange, check, freeze, rtol, atol,
-                          export_kwargs)
+        with contextlib.ExitStack() as lowering:
+            if style is not None and style not in ("native", "reshape6"):
+                from .judges.lowering import lowered_rearrangements
+
+                lowering.enter_context(lowered_rearrangements(style))
+            _export_and_check(model, args, path, opset, use_dynamo, native_rearrange, check, freeze, rtol, atol,
+                              export_kwargs)
         for p in (path, path.with_name(path.name + ".data")):
             if p.exists():
                 os.replace(p, final.with_name(p.name))
@@ -550,6 +563,20 @@ def _export_and_check(model: nn.Module, args: tuple[Any, ...], path: Path, opset
             except FoldError as err:
                 _remove(path)
                 raise FoldError(f"{err} (export removed; to_onnx(..., check=False) keeps it for inspection)") from err
+
+
+def _lowering_style(target: Any) -> str | None:
+    """The lowering style of ``target`` (a name, or an object with ``.lowering``), ``None`` for no target."""
+    if target is None:
+        return None
+    if isinstance(target, str):
+        from . import targets
+
+        target = targets.get(target)
+    style = getattr(target, "lowering", None)
+    if not isinstance(style, str):
+        raise FoldError(f"target must be a target name or a pixelfold.targets target, got {type(target).__name__}")
+    return style
 
 
 def _check_other_sizes(model: nn.Module, args: tuple[Any, ...], path: Path, export_kwargs: dict[str, Any],

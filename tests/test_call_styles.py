@@ -94,3 +94,25 @@ def test_float64_backward_on_size1_phases(form):
     (conv(x_ref) * g).sum().backward()
     torch.testing.assert_close(x.grad, x_ref.grad)
     torch.testing.assert_close(w_grad, conv.weight.grad)
+
+
+@pytest.mark.parametrize("order, fmt", [("crd", torch.contiguous_format), ("dcr", torch.channels_last)])
+def test_patch_linear_fast_path_is_a_view(monkeypatch, order, fmt):
+    """An input that is exactly one patch in the vector's memory order goes to F.linear with no rearrangement."""
+    import pixelfold.layers as layers
+
+    conv = nn.Conv2d(3, 8, 4, stride=4)
+    m = pf.PatchLinear(conv, order=order)
+    x = torch.randn(5, 3, 4, 4).to(memory_format=fmt)
+    seen = []
+    real_linear = torch.nn.functional.linear
+
+    def spy(inp, *a, **k):
+        seen.append(inp.data_ptr() == x.data_ptr())
+        return real_linear(inp, *a, **k)
+
+    monkeypatch.setattr(layers.F, "linear", spy)
+    y = m(x)
+    assert seen == [True]  # the patches are x's own memory
+    assert y.shape == (5, 8, 1, 1) and y.is_contiguous()
+    torch.testing.assert_close(y, conv(x), rtol=1e-5, atol=1e-5)

@@ -728,12 +728,27 @@ class PatchLinear(_GatheredConv):
             C = self.spec.in_channels
             w = w.view(w.shape[0], C, *k) if self.order == "crd" else w.view(w.shape[0], *k, C).movedim(-1, 1)
             return _CONV_FN[n](x, w, self.transformed_bias(), k)
+        patches = self._patch_view(x)
+        if patches is not None:  # one patch per item, already in the patch vector's memory order: no copy
+            y = F.linear(patches, self.transformed_weight(), self.transformed_bias())
+            return y.view(y.shape[0], y.shape[1], *[1] * n)
         else:
             out = self.spec.output_size(x.shape[2:])
             x = x[(slice(None), slice(None), *[slice(0, o * ki) for o, ki in zip(out, k)])]
             patches = space_to_depth(x, k, self.order).movedim(1, -1)  # (N, *out, C·R)
         y = F.linear(patches, self.transformed_weight(), self.transformed_bias())
         return y.movedim(n + 1, 1)  # not movedim(-1, ...): the TorchScript ONNX exporter mis-writes negative dims
+
+    def _patch_view(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``(N, C·prod(k))`` patch vectors as a view of ``x`` when the input is exactly one patch whose memory
+        is already in the vector's order (``crd``: contiguous NCHW; ``dcr``: channels-last), else ``None``."""
+        if tuple(x.shape[2:]) != tuple(self.spec.kernel):
+            return None
+        if self.order == "crd" and x.is_contiguous():
+            return x.reshape(x.shape[0], -1)
+        if self.order == "dcr" and x.dim() >= 3 and x.movedim(1, -1).is_contiguous():
+            return x.movedim(1, -1).reshape(x.shape[0], -1)
+        return None
 
     def extra_repr(self) -> str:
         return f"original: {self.spec}, order={self.order!r}, frozen={self.frozen}"

@@ -116,3 +116,32 @@ def test_patch_linear_fast_path_is_a_view(monkeypatch, order, fmt):
     assert seen == [True]  # the patches are x's own memory
     assert y.shape == (5, 8, 1, 1) and y.is_contiguous()
     torch.testing.assert_close(y, conv(x), rtol=1e-5, atol=1e-5)
+
+
+def _nonfinite_mismatches(form, orig, shape):
+    bad = 0
+    for idx in range(shape[-2] * shape[-1]):
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(idx))
+        x.view(-1)[idx] = float("inf")
+        with torch.no_grad():
+            r, y = orig(x), form(x)
+        bad += int((torch.isfinite(r) & ~torch.isfinite(y)).sum())
+    return bad
+
+
+@pytest.mark.parametrize("build, orig, shape, zero", [
+    (lambda c: pf.fold(c, 2), nn.Conv2d(1, 1, 3, 2, 1), (1, 1, 8, 8), True),
+    (lambda c: pf.fold(c, 2), nn.Conv2d(1, 1, 4, 2, 1), (1, 1, 8, 8), False),
+    (lambda c: pf.polyphase(c, 2), nn.Conv2d(1, 1, 3, 1, 1), (1, 1, 8, 8), True),
+    (lambda c: pf.polyphase(c, 1), nn.Conv2d(1, 1, 4, 2, 1), (1, 1, 8, 8), False),
+    (lambda c: pf.subpixel(c), nn.ConvTranspose2d(1, 1, 4, 2, 1), (1, 1, 6, 6), True),
+    (lambda c: pf.subpixel(c, "phases"), nn.ConvTranspose2d(1, 1, 4, 2, 1), (1, 1, 6, 6), False),
+    (lambda c: pf.subpixel(c, "phases"), nn.ConvTranspose2d(1, 1, 3, 2, 1), (1, 1, 6, 6), False),
+    (lambda c: pf.PatchLinear(c), nn.Conv2d(1, 1, 4, 4), (1, 1, 8, 8), False),
+])
+def test_structural_zero_taps_predict_nonfinite_exactness(build, orig, shape, zero):
+    """The documented rule (layers docstring, "Non-finite inputs"): no structural zero tap -> exact for inf."""
+    form = build(orig)
+    assert (form.structural_zero_taps > 0) == zero
+    bad = _nonfinite_mismatches(form, orig, shape)
+    assert (bad > 0) == zero, bad

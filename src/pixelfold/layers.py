@@ -18,6 +18,27 @@ same objects, so an optimizer that holds them keeps training them and
 ``state_dict`` keys match the original layer) and compute the transformed
 weight in ``forward`` with one gather, so gradients are identical.
 ``freeze()`` bakes the transformed weight for inference.
+
+Non-finite inputs
+-----------------
+The forms are exact for finite inputs. With ``inf``/``NaN`` in the input a form
+can differ where its inner weight holds *structural zero taps* — entries no
+original tap maps to — because ``0 · inf = NaN`` while the original never
+multiplies that pixel at that position. That happens when the kernel span is not
+a multiple of the block: ``fold`` of a 3×3/2 conv (inner 2×2 over 4 phases, 7 of
+16 taps zero), ``polyphase`` with ``block > 1`` of a kernel not divisible by it,
+and ``subpixel(form="shared")`` (one window shared by all phases). Forms with no
+structural zero are exact for non-finite inputs too: ``fold`` when every span
+``d·(k-1)+1`` rounds to whole blocks (4×4/2, 2×2/2), ``polyphase`` of a strided
+conv with ``block=1`` and such spans, ``subpixel(form="phases")`` (each phase has
+only its own taps) and :class:`PatchLinear`. ``structural_zero_taps`` on a module
+counts them (``0``: exact for non-finite inputs). The plain convs that ``to_space``,
+``to_depth``, ``merge`` and ``transposed`` return can hold structural zeros as well
+(``to_space`` of a dilated conv writes the dilation out as zero taps, ``to_depth``
+zero-pads the kernel to whole blocks, a grouped ``merge`` puts zeros between groups). Zero padding, zero extension and
+crops never meet data, so they do not add cases. Within one conv this cannot be
+avoided (a dense inner kernel must hold the zeros), so for non-finite data use a
+form with ``structural_zero_taps == 0`` or the original layer.
 """
 
 from __future__ import annotations
@@ -336,6 +357,17 @@ class _GatheredConv(nn.Module):
     def weight_numel(self) -> int:
         """Number of entries of the transformed (inner) weight."""
         return int(self.weight_index.numel())
+
+    @property
+    def structural_zero_taps(self) -> int:
+        """Entries of the inner weight's gather map that are a structural zero (no tap of the original).
+
+        A structural zero times an ``inf``/``NaN`` input gives ``NaN`` where the original, which has
+        no such tap, may be finite. ``0`` means the form is exact for non-finite inputs too (the
+        converse need not hold: a zero tap that only ever meets padding is harmless); see
+        "Non-finite inputs" in :mod:`pixelfold.layers`.
+        """
+        return int((self.weight_index == 0).sum())
 
     def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()

@@ -195,3 +195,27 @@ def test_to_onnx_target_reshape6_and_object(tmp_path):
     assert "SpaceToDepth" not in count_ops(path) and _max_rank(path) == 6
     with pytest.raises(pf.FoldError, match="target must be a target name or a pixelfold.targets target, got int"):
         to_onnx(model, torch.randn(1, 3, 16, 16), tmp_path / "m.onnx", target=3)
+
+
+# ---------------------------------------------------------------------------- opset 28: SpaceToDepth(mode="CRD")
+@pytest.mark.parametrize("opset, native", [(18, False), (28, True)])
+def test_crd_space_to_depth_is_native_from_opset_28(tmp_path, opset, native):
+    pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from onnx.reference import ReferenceEvaluator
+
+    from pixelfold.export import count_ops, to_onnx
+
+    model = pf.fold(nn.Conv2d(3, 8, 3, stride=2, padding=1), 2)  # crd, the default
+    x = torch.randn(1, 3, 16, 14)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = to_onnx(model, x, tmp_path / "m.onnx", opset=opset)  # checked exact in onnxruntime
+    ops = count_ops(path)
+    assert ("SpaceToDepth" in ops) == native and ("Transpose" in ops) != native
+    if native:
+        (node,) = [n for n in onnx.load(str(path)).graph.node if n.op_type == "SpaceToDepth"]
+        assert {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}["mode"] == b"CRD"
+        name = onnx.load(str(path)).graph.input[0].name
+        (got,) = ReferenceEvaluator(str(path)).run(None, {name: x.numpy()})  # ONNX's own semantics of the op
+        torch.testing.assert_close(torch.from_numpy(got), model(x).detach(), rtol=1e-5, atol=1e-5)

@@ -11,8 +11,9 @@ Native rearrangement ops
 ------------------------
 ONNX has two rearrangement ops, both 2-D with square blocks only:
 
-- ``SpaceToDepth`` — ``dcr`` order only (it has no ``mode`` attribute, so
-  PyTorch's ``pixel_unshuffle``, which is ``crd``, is *not* it);
+- ``SpaceToDepth`` — ``dcr`` order only up to opset 27 (no ``mode`` attribute, so
+  PyTorch's ``pixel_unshuffle``, which is ``crd``, is *not* it); from opset 28
+  ``mode="CRD"`` too, which :func:`to_onnx` uses at ``opset >= 28``;
 - ``DepthToSpace`` — ``mode="DCR"`` (the default) or ``mode="CRD"``
   (= ``pixel_shuffle``).
 
@@ -133,6 +134,14 @@ def _custom_ops() -> tuple[Any, Any]:
     def _(x: torch.Tensor, block: int) -> torch.Tensor:
         return _space_to_depth(x, block, "dcr").clone()
 
+    @torch.library.custom_op("pixelfold::space_to_depth_crd", mutates_args=())
+    def s2d_crd(x: torch.Tensor, block: int) -> torch.Tensor:
+        return _space_to_depth(x, block, "crd").clone()
+
+    @s2d_crd.register_fake
+    def _(x: torch.Tensor, block: int) -> torch.Tensor:
+        return _space_to_depth(x, block, "crd").clone()
+
     @torch.library.custom_op("pixelfold::depth_to_space", mutates_args=())
     def d2s(x: torch.Tensor, block: int, mode: str) -> torch.Tensor:
         if mode not in ("DCR", "CRD"):
@@ -155,13 +164,24 @@ def _custom_ops() -> tuple[Any, Any]:
     def d2s_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         ctx.block, ctx.mode = inputs[1], inputs[2]
 
+    def s2d_crd_backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _depth_to_space(grad, ctx.block, "crd"), None
+
     s2d.register_autograd(s2d_backward, setup_context=s2d_setup)
+    s2d_crd.register_autograd(s2d_crd_backward, setup_context=s2d_setup)
     d2s.register_autograd(d2s_backward, setup_context=d2s_setup)
     return ns.space_to_depth.default, ns.depth_to_space.default
 
 
+#: Lowest opset whose ``SpaceToDepth`` has ``mode`` (``"CRD"`` = ``pixel_unshuffle``).
+S2D_MODE_OPSET = 28
+_NATIVE_OPSET: list[int | None] = [None]  # the opset onnx_native_ops routes for (set while it is active)
+
+
 def _native_space_to_depth(x: torch.Tensor, block: int | Sequence[int], order: str = "crd") -> torch.Tensor:
     r = _square_block(block, x)
+    if r is not None and order == "crd" and (_NATIVE_OPSET[0] or 0) >= S2D_MODE_OPSET:
+        return torch.ops.pixelfold.space_to_depth_crd(x, r)
     if r is None or order != "dcr":
         return _space_to_depth(x, block, order)
     return torch.ops.pixelfold.space_to_depth(x, r)
@@ -175,14 +195,16 @@ def _native_depth_to_space(x: torch.Tensor, block: int | Sequence[int], order: s
 
 
 @contextlib.contextmanager
-def onnx_native_ops() -> Iterator[None]:
+def onnx_native_ops(opset: int | None = None) -> Iterator[None]:
     """Within the block, pixelfold's rearrangements that ONNX has a native op for use custom ops.
 
     ``space_to_depth(x, r, "dcr")`` and ``depth_to_space(x, r, "dcr" | "crd")``
     on 2-D inputs with a square block ``r >= 2`` become
     ``torch.ops.pixelfold.space_to_depth`` / ``depth_to_space``, which
     :func:`onnx_translation_table` (dynamo exporter) or the registered
-    TorchScript symbolics turn into ``SpaceToDepth`` / ``DepthToSpace``. All
+    TorchScript symbolics turn into ``SpaceToDepth`` / ``DepthToSpace``. With
+    ``opset >= 28`` (``SpaceToDepth`` has ``mode`` there) ``crd`` space-to-depth becomes
+    ``SpaceToDepth(mode="CRD")`` too (dynamo exporter). All
     other calls run unchanged. The values computed are identical either way.
 
     It rebinds the names in the loaded ``pixelfold`` modules (``pixelfold``,
@@ -205,6 +227,8 @@ def onnx_native_ops() -> Iterator[None]:
     swaps = ((_space_to_depth, _native_space_to_depth), (_depth_to_space, _native_depth_to_space))
     with _SWAP_LOCK:
         patched: list[tuple[Any, str, Any]] = []
+        previous = _NATIVE_OPSET[0]
+        _NATIVE_OPSET[0] = opset
         try:
             for name, module in list(sys.modules.items()):
                 if module is None or not (name == "pixelfold" or name.startswith("pixelfold.")):
@@ -217,6 +241,7 @@ def onnx_native_ops() -> Iterator[None]:
                             setattr(module, attr, native)
             yield
         finally:
+            _NATIVE_OPSET[0] = previous
             for module, attr, original in reversed(patched):
                 setattr(module, attr, original)
 
@@ -238,7 +263,13 @@ def onnx_translation_table(opset: int = DYNAMO_MIN_OPSET) -> dict[Callable[..., 
     def depth_to_space(x: Any, block: int, mode: str) -> Any:
         return op.DepthToSpace(x, blocksize=block, mode=mode)
 
-    return {s2d_op: space_to_depth, d2s_op: depth_to_space}
+    table = {s2d_op: space_to_depth, d2s_op: depth_to_space}
+    if opset >= S2D_MODE_OPSET:
+        def space_to_depth_crd(x: Any, block: int) -> Any:
+            return op.SpaceToDepth(x, blocksize=block, mode="CRD")
+
+        table[torch.ops.pixelfold.space_to_depth_crd.default] = space_to_depth_crd
+    return table
 
 
 @functools.cache
@@ -527,7 +558,7 @@ def _export_and_check(model: nn.Module, args: tuple[Any, ...], path: Path, opset
                 if freeze:
                     stack.enter_context(_frozen(model))
                 if native_rearrange:
-                    stack.enter_context(onnx_native_ops())
+                    stack.enter_context(onnx_native_ops(opset))
                 if not use_dynamo:
                     stack.enter_context(warnings.catch_warnings())
                     for category, message in _TORCHSCRIPT_NOISE:

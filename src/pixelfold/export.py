@@ -49,7 +49,10 @@ its down-conversion fails on ``Pad``, so :func:`to_onnx` raises rather than
 hand back an opset-18 file). For ``13 <= opset < 18`` the deprecated
 TorchScript exporter is used, with the same native ops; its graphs also carry
 shape arithmetic (Shape/Gather/Concat) that the dynamo exporter folds away.
-Shapes are static unless you pass ``dynamic_shapes=`` (dynamo) through ``**export_kwargs``.
+Shapes are static unless you pass ``dynamic_shapes=`` (dynamo) or ``dynamic_axes=``
+(TorchScript) through ``**export_kwargs``; the file is then checked at the example and at
+other sizes (:mod:`pixelfold.export_sizes`), and refused if no other size could be checked.
+The file is written to a temporary path and moved over ``path`` only once it passed.
 
 Example:
     >>> import tempfile, torch, pixelfold

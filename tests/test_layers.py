@@ -364,7 +364,8 @@ def test_icnr_groups_phases_in_the_order_used():
          "not divisible by prod(block) = 4; pass the block"),
         (lambda: fold(make_conv(2, 1, 1, 5, stride=2), 2)(torch.zeros(1, 1, 3, 3, dtype=torch.float64)),
          "too small for Conv2d 1→1 k5×5 s2×2 p0×0 (output would be (0, 0)); the original conv rejects it too"),
-        (lambda: fold(make_conv(2, 1, 1, 3, stride=2), 2)(torch.zeros(1, 1, 8, dtype=torch.float64)), "rank 4"),
+        # (rank 3 is an unbatched (C, H, W) input, as for nn.Conv2d; rank 2 is neither)
+        (lambda: fold(make_conv(2, 1, 1, 3, stride=2), 2)(torch.zeros(1, 8, dtype=torch.float64)), "rank 4"),
     ],
 )
 def test_errors(build, message):

@@ -11,8 +11,9 @@ Native rearrangement ops
 ------------------------
 ONNX has two rearrangement ops, both 2-D with square blocks only:
 
-- ``SpaceToDepth`` — ``dcr`` order only (it has no ``mode`` attribute, so
-  PyTorch's ``pixel_unshuffle``, which is ``crd``, is *not* it);
+- ``SpaceToDepth`` — ``dcr`` order only up to opset 27 (no ``mode`` attribute, so
+  PyTorch's ``pixel_unshuffle``, which is ``crd``, is *not* it); from opset 28
+  ``mode="CRD"`` too, which :func:`to_onnx` uses at ``opset >= 28``;
 - ``DepthToSpace`` — ``mode="DCR"`` (the default) or ``mode="CRD"``
   (= ``pixel_shuffle``).
 
@@ -48,7 +49,10 @@ its down-conversion fails on ``Pad``, so :func:`to_onnx` raises rather than
 hand back an opset-18 file). For ``13 <= opset < 18`` the deprecated
 TorchScript exporter is used, with the same native ops; its graphs also carry
 shape arithmetic (Shape/Gather/Concat) that the dynamo exporter folds away.
-Shapes are static unless you pass ``dynamic_shapes=`` (dynamo) through ``**export_kwargs``.
+Shapes are static unless you pass ``dynamic_shapes=`` (dynamo) or ``dynamic_axes=``
+(TorchScript) through ``**export_kwargs``; the file is then checked at the example and at
+other sizes (:mod:`pixelfold.export_sizes`), and refused if no other size could be checked.
+The file is written to a temporary path and moved over ``path`` only once it passed.
 
 Example:
     >>> import tempfile, torch, pixelfold
@@ -65,7 +69,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 import sys
+import tempfile
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -131,6 +137,14 @@ def _custom_ops() -> tuple[Any, Any]:
     def _(x: torch.Tensor, block: int) -> torch.Tensor:
         return _space_to_depth(x, block, "dcr").clone()
 
+    @torch.library.custom_op("pixelfold::space_to_depth_crd", mutates_args=())
+    def s2d_crd(x: torch.Tensor, block: int) -> torch.Tensor:
+        return _space_to_depth(x, block, "crd").clone()
+
+    @s2d_crd.register_fake
+    def _(x: torch.Tensor, block: int) -> torch.Tensor:
+        return _space_to_depth(x, block, "crd").clone()
+
     @torch.library.custom_op("pixelfold::depth_to_space", mutates_args=())
     def d2s(x: torch.Tensor, block: int, mode: str) -> torch.Tensor:
         if mode not in ("DCR", "CRD"):
@@ -153,13 +167,24 @@ def _custom_ops() -> tuple[Any, Any]:
     def d2s_setup(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         ctx.block, ctx.mode = inputs[1], inputs[2]
 
+    def s2d_crd_backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _depth_to_space(grad, ctx.block, "crd"), None
+
     s2d.register_autograd(s2d_backward, setup_context=s2d_setup)
+    s2d_crd.register_autograd(s2d_crd_backward, setup_context=s2d_setup)
     d2s.register_autograd(d2s_backward, setup_context=d2s_setup)
     return ns.space_to_depth.default, ns.depth_to_space.default
 
 
+#: Lowest opset whose ``SpaceToDepth`` has ``mode`` (``"CRD"`` = ``pixel_unshuffle``).
+S2D_MODE_OPSET = 28
+_NATIVE_OPSET: list[int | None] = [None]  # the opset onnx_native_ops routes for (set while it is active)
+
+
 def _native_space_to_depth(x: torch.Tensor, block: int | Sequence[int], order: str = "crd") -> torch.Tensor:
     r = _square_block(block, x)
+    if r is not None and order == "crd" and (_NATIVE_OPSET[0] or 0) >= S2D_MODE_OPSET:
+        return torch.ops.pixelfold.space_to_depth_crd(x, r)
     if r is None or order != "dcr":
         return _space_to_depth(x, block, order)
     return torch.ops.pixelfold.space_to_depth(x, r)
@@ -173,14 +198,16 @@ def _native_depth_to_space(x: torch.Tensor, block: int | Sequence[int], order: s
 
 
 @contextlib.contextmanager
-def onnx_native_ops() -> Iterator[None]:
+def onnx_native_ops(opset: int | None = None) -> Iterator[None]:
     """Within the block, pixelfold's rearrangements that ONNX has a native op for use custom ops.
 
     ``space_to_depth(x, r, "dcr")`` and ``depth_to_space(x, r, "dcr" | "crd")``
     on 2-D inputs with a square block ``r >= 2`` become
     ``torch.ops.pixelfold.space_to_depth`` / ``depth_to_space``, which
     :func:`onnx_translation_table` (dynamo exporter) or the registered
-    TorchScript symbolics turn into ``SpaceToDepth`` / ``DepthToSpace``. All
+    TorchScript symbolics turn into ``SpaceToDepth`` / ``DepthToSpace``. With
+    ``opset >= 28`` (``SpaceToDepth`` has ``mode`` there) ``crd`` space-to-depth becomes
+    ``SpaceToDepth(mode="CRD")`` too (dynamo exporter). All
     other calls run unchanged. The values computed are identical either way.
 
     It rebinds the names in the loaded ``pixelfold`` modules (``pixelfold``,
@@ -203,6 +230,8 @@ def onnx_native_ops() -> Iterator[None]:
     swaps = ((_space_to_depth, _native_space_to_depth), (_depth_to_space, _native_depth_to_space))
     with _SWAP_LOCK:
         patched: list[tuple[Any, str, Any]] = []
+        previous = _NATIVE_OPSET[0]
+        _NATIVE_OPSET[0] = opset
         try:
             for name, module in list(sys.modules.items()):
                 if module is None or not (name == "pixelfold" or name.startswith("pixelfold.")):
@@ -215,6 +244,7 @@ def onnx_native_ops() -> Iterator[None]:
                             setattr(module, attr, native)
             yield
         finally:
+            _NATIVE_OPSET[0] = previous
             for module, attr, original in reversed(patched):
                 setattr(module, attr, original)
 
@@ -236,7 +266,13 @@ def onnx_translation_table(opset: int = DYNAMO_MIN_OPSET) -> dict[Callable[..., 
     def depth_to_space(x: Any, block: int, mode: str) -> Any:
         return op.DepthToSpace(x, blocksize=block, mode=mode)
 
-    return {s2d_op: space_to_depth, d2s_op: depth_to_space}
+    table = {s2d_op: space_to_depth, d2s_op: depth_to_space}
+    if opset >= S2D_MODE_OPSET:
+        def space_to_depth_crd(x: Any, block: int) -> Any:
+            return op.SpaceToDepth(x, blocksize=block, mode="CRD")
+
+        table[torch.ops.pixelfold.space_to_depth_crd.default] = space_to_depth_crd
+    return table
 
 
 @functools.cache
@@ -434,6 +470,7 @@ def to_onnx(
     dynamo: bool | None = None,
     rtol: float = 1e-5,
     atol: float = 0.0,
+    target: Any = None,
     **export_kwargs: Any,
 ) -> Path:
     """Export ``model`` to ONNX at ``path``, check it in onnxruntime, return the path.
@@ -457,6 +494,10 @@ def to_onnx(
         freeze: export unfrozen pixelfold conv modules as if ``freeze()``-d (the
             transformed weight as an initializer, no runtime gather); restored afterwards.
         dynamo: force the exporter (``True``: ``torch.export``-based, ``False``: TorchScript).
+        target: a target name or object (:func:`pixelfold.targets.get`): every pixelfold rearrangement
+            is written in the target's ``lowering`` style (:mod:`pixelfold.judges.lowering`:
+            ``native`` = this function's default, ``reshape6``, ``rank4``, ``rank4_nchw``).
+            ``None`` (default): native ops where ``native_rearrange`` allows.
         **export_kwargs: passed to :func:`torch.onnx.export` (``input_names``,
             ``dynamic_shapes``, ``external_data=True`` for weights in ``<path>.data``, ...).
 
@@ -480,8 +521,33 @@ def to_onnx(
         _require("onnxscript")
     if check:
         _require("onnxruntime")
-    path = Path(path)
-    _remove(path)
+    style = _lowering_style(target)
+    if style is not None and style != "native":
+        native_rearrange = False  # the lowering writes every rearrangement itself
+    final = Path(path)
+    workdir = Path(tempfile.mkdtemp(prefix=".pixelfold-export-", dir=final.parent if final.parent.is_dir() else None))
+    path = workdir / final.name  # exported and checked here; moved over ``final`` only when it passed
+    try:
+        with contextlib.ExitStack() as lowering:
+            if style is not None and style not in ("native", "reshape6"):
+                from .judges.lowering import lowered_rearrangements
+
+                lowering.enter_context(lowered_rearrangements(style))
+            _export_and_check(model, args, path, opset, use_dynamo, native_rearrange, check, freeze, rtol, atol,
+                              export_kwargs)
+        for p in (path, path.with_name(path.name + ".data")):
+            if p.exists():
+                os.replace(p, final.with_name(p.name))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return final
+
+
+def _export_and_check(model: nn.Module, args: tuple[Any, ...], path: Path, opset: int, use_dynamo: bool,
+                      native_rearrange: bool, check: bool, freeze: bool, rtol: float, atol: float,
+                      export_kwargs: dict[str, Any]) -> None:
+    """The body of :func:`to_onnx`, writing to ``path`` (a fresh temporary location)."""
+    checked_kwargs = dict(export_kwargs)
     kwargs: dict[str, Any] = {"opset_version": opset, "dynamo": use_dynamo, "verbose": False}
     if use_dynamo:
         kwargs["external_data"] = False  # one self-contained file (torch still splits models over 2 GB)
@@ -495,7 +561,7 @@ def to_onnx(
                 if freeze:
                     stack.enter_context(_frozen(model))
                 if native_rearrange:
-                    stack.enter_context(onnx_native_ops())
+                    stack.enter_context(onnx_native_ops(opset))
                 if not use_dynamo:
                     stack.enter_context(warnings.catch_warnings())
                     for category, message in _TORCHSCRIPT_NOISE:
@@ -527,10 +593,55 @@ def to_onnx(
         if check:
             try:
                 check_onnx(model, args, path, rtol=rtol, atol=atol)
+                _check_other_sizes(model, args, path, checked_kwargs, rtol, atol)
             except FoldError as err:
                 _remove(path)
                 raise FoldError(f"{err} (export removed; to_onnx(..., check=False) keeps it for inspection)") from err
-    return path
+
+
+def _lowering_style(target: Any) -> str | None:
+    """The lowering style of ``target`` (a name, or an object with ``.lowering``), ``None`` for no target."""
+    if target is None:
+        return None
+    if isinstance(target, str):
+        from . import targets
+
+        target = targets.get(target)
+    style = getattr(target, "lowering", None)
+    if not isinstance(style, str):
+        raise FoldError(f"target must be a target name or a pixelfold.targets target, got {type(target).__name__}")
+    return style
+
+
+def _check_other_sizes(model: nn.Module, args: tuple[Any, ...], path: Path, export_kwargs: dict[str, Any],
+                       rtol: float, atol: float) -> None:
+    """With dynamic dims, check the file at other sizes too (:mod:`pixelfold.export_sizes`); refuse if none ran."""
+    from .export_sizes import variants
+
+    others = variants(args, export_kwargs)
+    if not others and not _has_dynamic(export_kwargs):
+        return
+    checked = 0
+    for other in others:
+        try:
+            with torch.no_grad():
+                model(*other)
+        except Exception:  # a size the model itself rejects says nothing about the export
+            continue
+        try:
+            check_onnx(model, other, path, rtol=rtol, atol=atol)
+        except FoldError as err:
+            shapes = [tuple(t.shape) for t in other if isinstance(t, torch.Tensor)]
+            raise FoldError(f"the export with dynamic shapes is right at the example but not at input shapes "
+                            f"{shapes}: {err}") from err
+        checked += 1
+    if checked == 0:
+        raise FoldError("the export has dynamic dims but no other input size could be checked (the model rejects "
+                        "every variant of the example); export with static shapes, or check=False to skip the check")
+
+
+def _has_dynamic(export_kwargs: dict[str, Any]) -> bool:
+    return bool(export_kwargs.get("dynamic_shapes") or export_kwargs.get("dynamic_axes"))
 
 
 def _require(package: str) -> None:

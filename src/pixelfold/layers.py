@@ -18,13 +18,34 @@ same objects, so an optimizer that holds them keeps training them and
 ``state_dict`` keys match the original layer) and compute the transformed
 weight in ``forward`` with one gather, so gradients are identical.
 ``freeze()`` bakes the transformed weight for inference.
+
+Non-finite inputs
+-----------------
+The forms are exact for finite inputs. With ``inf``/``NaN`` in the input a form
+can differ where its inner weight holds *structural zero taps* — entries no
+original tap maps to — because ``0 · inf = NaN`` while the original never
+multiplies that pixel at that position. That happens when the kernel span is not
+a multiple of the block: ``fold`` of a 3×3/2 conv (inner 2×2 over 4 phases, 7 of
+16 taps zero), ``polyphase`` with ``block > 1`` of a kernel not divisible by it,
+and ``subpixel(form="shared")`` (one window shared by all phases). Forms with no
+structural zero are exact for non-finite inputs too: ``fold`` when every span
+``d·(k-1)+1`` rounds to whole blocks (4×4/2, 2×2/2), ``polyphase`` of a strided
+conv with ``block=1`` and such spans, ``subpixel(form="phases")`` (each phase has
+only its own taps) and :class:`PatchLinear`. ``structural_zero_taps`` on a module
+counts them (``0``: exact for non-finite inputs). The plain convs that ``to_space``,
+``to_depth``, ``merge`` and ``transposed`` return can hold structural zeros as well
+(``to_space`` of a dilated conv writes the dilation out as zero taps, ``to_depth``
+zero-pads the kernel to whole blocks, a grouped ``merge`` puts zeros between groups). Zero padding, zero extension and
+crops never meet data, so they do not add cases. Within one conv this cannot be
+avoided (a dense inner kernel must hold the zeros), so for non-finite data use a
+form with ``structural_zero_taps == 0`` or the original layer.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +58,7 @@ from .probe import merge as _merge_by_probe
 from .probe import padded_conv
 from .rearrange import ORDERS, check_block, depth_to_space, phase_permutation, space_to_depth
 from .spec import ConvSpec, build_module, empty_module
+from .symsize import ceil_div, fit, is_symbolic, space_to_depth_unfold
 
 __all__ = [
     "SpaceToDepth",
@@ -55,6 +77,7 @@ __all__ = [
     "icnr_",
 ]
 
+_SPACE_TO_DEPTH = space_to_depth  # (not rerouted by pixelfold.export.onnx_native_ops)
 _CONV_FN: dict[int, Callable[..., torch.Tensor]] = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
@@ -224,6 +247,43 @@ def _traced() -> bool:
     return bool(torch.jit.is_tracing() or torch.jit.is_scripting())
 
 
+def _like_conv_output(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``y`` in the memory format PyTorch's conv gives for input ``x``: channels-last for a channels-last
+    4-D/5-D input, else contiguous (a crop or a rearrangement view would break a downstream ``.view()``).
+
+    Canonical strides, not just ``is_contiguous()``: a conv whose output has odd strides on size-1 dims
+    (e.g. ``(4, 1, 2)`` for shape ``(1, 2, 2)``) fails in float64 backward ("grad_weight must be contiguous").
+    """
+    fmt = torch.contiguous_format
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        fmt = torch.channels_last
+    elif x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        fmt = torch.channels_last_3d
+    if fmt is torch.contiguous_format:
+        want, acc = [], 1
+        for size in reversed(y.shape):
+            want.append(acc)
+            acc *= size
+        if tuple(reversed(want)) == tuple(y.stride()):
+            return y
+        return y.clone(memory_format=torch.contiguous_format)
+    return y if y.is_contiguous(memory_format=fmt) else y.contiguous(memory_format=fmt)
+
+
+def _batched(input: torch.Tensor, dims: int) -> tuple[torch.Tensor, bool]:
+    """``(input with a batch dim, whether one was added)``: unbatched ``(C, *spatial)`` works as on ``nn.ConvNd``."""
+    if isinstance(input, torch.Tensor) and input.dim() == dims + 1:
+        return input.unsqueeze(0), True
+    return input, False
+
+
+def _finish(y: torch.Tensor, x: torch.Tensor, unbatched: bool) -> torch.Tensor:
+    """The output as ``nn.ConvNd`` returns it: its memory format (eager), the batch dim removed if none came in."""
+    if not is_symbolic(x.shape):
+        y = _like_conv_output(y, x)
+    return y.squeeze(0) if unbatched else y
+
+
 def _check_form_size(inner: ConvSpec, weight: torch.Tensor | None, hint: Callable[[], str]) -> None:
     """Refuse a form whose inner weight would exceed :data:`MAX_FORM_BYTES` (with the numbers and what fits)."""
     numel = math.prod(inner.weight_shape())
@@ -297,6 +357,17 @@ class _GatheredConv(nn.Module):
     def weight_numel(self) -> int:
         """Number of entries of the transformed (inner) weight."""
         return int(self.weight_index.numel())
+
+    @property
+    def structural_zero_taps(self) -> int:
+        """Entries of the inner weight's gather map that are a structural zero (no tap of the original).
+
+        A structural zero times an ``inf``/``NaN`` input gives ``NaN`` where the original, which has
+        no such tap, may be finite. ``0`` means the form is exact for non-finite inputs too (the
+        converse need not hold: a zero tap that only ever meets padding is harmless); see
+        "Non-finite inputs" in :mod:`pixelfold.layers`.
+        """
+        return int((self.weight_index == 0).sum())
 
     def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()
@@ -504,52 +575,82 @@ class PhaseConv(_GatheredConv):
 
     def _gather_phases(self, x: torch.Tensor) -> torch.Tensor:
         if self.live_phases is None:
+            if isinstance(x.shape[-1], torch.SymInt) and space_to_depth is _SPACE_TO_DEPTH:  # torch.export
+                return space_to_depth_unfold(x, self.in_block, self.order)
             return space_to_depth(x, self.in_block, self.order)
         parts = [x[(slice(None), slice(None), *[slice(u, None, b) for u, b in zip(off, self.in_block)])]
                  for off in self.live_phases]
         return parts[0] if len(parts) == 1 else torch.stack(parts, 2).flatten(1, 2)
 
-    def _geometry(self, spatial: Sequence[int]) -> tuple[list[int], list[tuple[int, int]]]:
-        """Output size and the (lo, hi) zero padding (negative: crop) after mode padding."""
+    def _geometry(self, spatial: Sequence[Any]) -> tuple[list[Any], list[tuple[int, Any]], list[Any]]:
+        """Output size, the (lo, hi) zero padding (negative: crop) after mode padding, and the padded length.
+
+        Only non-negative floor divisions (exact when an exporter lowers them to truncation) and no branch
+        on the sizes when they are symbolic (the too-small check then is the inner conv's own).
+        """
         out = self.spec.output_size(spatial)
-        if any(o < 1 for o in out):
+        if not is_symbolic(spatial) and any(o < 1 for o in out):
             raise FoldError(
                 f"input of spatial size {tuple(spatial)} is too small for {self.spec} (output would be {out}); "
                 "the original conv rejects it too: pass a larger input"
             )
-        extra = []
+        extra, needed_all = [], []
         for L, (lo, hi), n_out, s2, Q, B, b in zip(spatial, self.spec.padding, out, self.inner.stride,
                                                    self.inner.kernel, self.in_block, self.out_block):
-            blocks = -(-n_out // b)
+            blocks = ceil_div(n_out, b)
             needed = ((blocks - 1) * s2 + Q) * B
             extra.append((0, needed - (L + lo + hi)))
-        return list(out), extra
+            needed_all.append(needed)
+        return list(out), extra, needed_all
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """The original conv's ``forward(input)`` (batched ``(N, C, *spatial)`` or unbatched ``(C, *spatial)``)."""
+        x, unbatched = _batched(input, self.spec.dims)
+        return _finish(self._forward(x), x, unbatched)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.spec.dims
         if x.dim() != n + 2:
-            raise FoldError(f"expected input of rank {n + 2} (N, C, *spatial), got shape {tuple(x.shape)}")
-        out, extra = self._geometry(x.shape[2:])
-        pads = [(lo, hi + e) for (lo, hi), (_, e) in zip(self.spec.padding, extra)]
+            raise FoldError(f"expected input of rank {n + 2} (N, C, *spatial) or {n + 1} (C, *spatial), "
+                            f"got shape {tuple(x.shape)}")
+        spatial = x.shape[2:]
+        out, extra, needed = self._geometry(spatial)
         mode = self.spec.padding_mode
         conv_pad: list[int] = [0] * n
-        if mode == "zeros":
-            if all(lo == hi and lo % B == 0 for (lo, hi), B in zip(pads, self.in_block)):
-                conv_pad = [lo // B for (lo, _), B in zip(pads, self.in_block)]
-            else:
-                x = F.pad(x, [v for lo, hi in reversed(pads) for v in (lo, hi)])
+        if is_symbolic(spatial):
+            # no Python branch on the sizes (they are graph values): pad by the constant padding, then one
+            # zero pad / crop to the needed length (see pixelfold.symsize)
+            low = [lo for lo, _ in self.spec.padding]
+            if mode != "zeros":
+                if any(lo or hi for lo, hi in self.spec.padding):
+                    x = F.pad(x, [v for lo, hi in reversed(self.spec.padding) for v in (lo, hi)], mode=mode)
+                low = [0] * n
+            x = fit(x, needed, low)
         else:
-            if any(lo or hi for lo, hi in self.spec.padding):
-                x = F.pad(x, [v for lo, hi in reversed(self.spec.padding) for v in (lo, hi)],
-                          mode=mode)
-            if any(e for _, e in extra):
-                x = F.pad(x, [v for _, e in reversed(extra) for v in (0, e)])
+            pads = [(lo, hi + e) for (lo, hi), (_, e) in zip(self.spec.padding, extra)]
+            if mode == "zeros":
+                # (the conv's own padding only where every phase is longer than 1: PyTorch's float64 conv
+                # backward fails on a size-1 input dim with padding, "grad_weight must be contiguous")
+                if all(lo == hi and lo % B == 0 and L >= 2 * B
+                       for (lo, hi), B, L in zip(pads, self.in_block, spatial)):
+                    conv_pad = [lo // B for (lo, _), B in zip(pads, self.in_block)]
+                else:
+                    x = F.pad(x, [v for lo, hi in reversed(pads) for v in (lo, hi)])
+            else:
+                if any(lo or hi for lo, hi in self.spec.padding):
+                    x = F.pad(x, [v for lo, hi in reversed(self.spec.padding) for v in (lo, hi)],
+                              mode=mode)
+                if any(e for _, e in extra):
+                    x = F.pad(x, [v for _, e in reversed(extra) for v in (0, e)])
         x = self._gather_phases(x)
         y = _CONV_FN[n](x, self.transformed_weight(), self.transformed_bias(), self.inner.stride, conv_pad,
                         1, self.spec.groups)
         if math.prod(self.out_block) > 1:
             y = depth_to_space(y, self.out_block, self.order)
-            y = y[(slice(None), slice(None), *[slice(0, o) for o in out])]
+            if is_symbolic(spatial):
+                y = fit(y, out)
+            else:
+                y = y[(slice(None), slice(None), *[slice(0, o) for o in out])]
         return y
 
     def extra_repr(self) -> str:
@@ -644,14 +745,42 @@ class PatchLinear(_GatheredConv):
         self._register_map("weight_index", _index_map(flatten, self.weight.shape))
         self._register_map("bias_index", None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """The original conv's ``forward(input)`` (batched or unbatched), contiguous like the conv's output."""
+        x, unbatched = _batched(input, self.spec.dims)
+        return _finish(self._forward(x), x, unbatched)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         n = self.spec.dims
         k = self.spec.kernel
-        out = self.spec.output_size(x.shape[2:])
-        x = x[(slice(None), slice(None), *[slice(0, o * ki) for o, ki in zip(out, k)])]
-        patches = space_to_depth(x, k, self.order).movedim(1, -1)  # (N, *out, C·R)
+        if isinstance(x.shape[-1], torch.SymInt):
+            # torch.export with dynamic sizes: the matmul's reshapes need stride guards its solver cannot
+            # prove, so the program records the conv this module equals (the same weight, reshaped back)
+            w = self.transformed_weight()
+            C = self.spec.in_channels
+            w = w.view(w.shape[0], C, *k) if self.order == "crd" else w.view(w.shape[0], *k, C).movedim(-1, 1)
+            return _CONV_FN[n](x, w, self.transformed_bias(), k)
+        patches = self._patch_view(x)
+        if patches is not None:  # one patch per item, already in the patch vector's memory order: no copy
+            y = F.linear(patches, self.transformed_weight(), self.transformed_bias())
+            return y.view(y.shape[0], y.shape[1], *[1] * n)
+        else:
+            out = self.spec.output_size(x.shape[2:])
+            x = x[(slice(None), slice(None), *[slice(0, o * ki) for o, ki in zip(out, k)])]
+            patches = space_to_depth(x, k, self.order).movedim(1, -1)  # (N, *out, C·R)
         y = F.linear(patches, self.transformed_weight(), self.transformed_bias())
         return y.movedim(n + 1, 1)  # not movedim(-1, ...): the TorchScript ONNX exporter mis-writes negative dims
+
+    def _patch_view(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``(N, C·prod(k))`` patch vectors as a view of ``x`` when the input is exactly one patch whose memory
+        is already in the vector's order (``crd``: contiguous NCHW; ``dcr``: channels-last), else ``None``."""
+        if tuple(x.shape[2:]) != tuple(self.spec.kernel):
+            return None
+        if self.order == "crd" and x.is_contiguous():
+            return x.reshape(x.shape[0], -1)
+        if self.order == "dcr" and x.dim() >= 3 and x.movedim(1, -1).is_contiguous():
+            return x.movedim(1, -1).reshape(x.shape[0], -1)
+        return None
 
     def extra_repr(self) -> str:
         return f"original: {self.spec}, order={self.order!r}, frozen={self.frozen}"
@@ -724,10 +853,16 @@ class SubpixelConvTranspose(_GatheredConv):
             pad.append(want - lo)
         return self.spec.replace(output_padding=tuple(pad))
 
-    def forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
+    def forward(self, input: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
+        """The original transposed conv's ``forward(input, output_size)`` (batched or unbatched)."""
+        x, unbatched = _batched(input, self.spec.dims)
+        return _finish(self._forward(x, output_size), x, unbatched)
+
+    def _forward(self, x: torch.Tensor, output_size: Sequence[int] | None = None) -> torch.Tensor:
         n = self.spec.dims
         if x.dim() != n + 2:
-            raise FoldError(f"expected input of rank {n + 2} (N, C, *spatial), got shape {tuple(x.shape)}")
+            raise FoldError(f"expected input of rank {n + 2} (N, C, *spatial) or {n + 1} (C, *spatial), "
+                            f"got shape {tuple(x.shape)}")
         spec = self._spec_for(x, output_size)
         out = spec.output_size(x.shape[2:])
         if self.form == "shared":

@@ -11,6 +11,7 @@ from torch import nn
 from .errors import FoldError
 from .layers import PhaseConv
 from .rearrange import check_block
+from .symsize import ceil_div, clamp_min0, is_symbolic
 
 __all__ = ["SamePadPhaseConv"]
 
@@ -50,12 +51,18 @@ class SamePadPhaseConv(PhaseConv):
         """The ``(lo, hi)`` padding timm's ``pad_same`` applies for an input of this spatial size."""
         out = []
         for L, k, s, d in zip(spatial, self.same_kernel, self.same_stride, self.same_dilation):
-            total = max((-(-L // s) - 1) * s + (k - 1) * d + 1 - L, 0)
+            span = (k - 1) * d + 1
+            # ceil(L/s)·s - L lies in [0, s-1]: the total is never negative when span >= s (no clamp to trace)
+            total = (ceil_div(L, s) - 1) * s + span - L
+            if span < s:
+                total = clamp_min0(total)
             out.append((total // 2, total - total // 2))
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = self.same_padding(x.shape[2:])
-        if any(lo or hi for lo, hi in pads):
+        if is_symbolic(x.shape[2:]):  # sizes are graph values: always pad (possibly by 0), no branch on them
             x = F.pad(x, [v for lo, hi in reversed(pads) for v in (lo, hi)])
-        return super().forward(x)
+        elif any(lo or hi for lo, hi in pads):
+            x = F.pad(x, [v for lo, hi in reversed(pads) for v in (lo, hi)])
+        return super()._forward(x)

@@ -33,10 +33,6 @@ def _asymmetric_same(s: Spec, o: Outcome) -> bool:
             and "asymmetric" in o.detail)
 
 
-def _size1_stride_backward(s: Spec, o: Outcome) -> bool:
-    return s["t"] in ("fold", "polyphase") and o.kind == "crash" and "grad_weight must be contiguous" in o.detail
-
-
 def _merge_mode(s: Spec, o: Outcome) -> bool:
     return (s["t"] == "merge" and o.kind == "refused-claimed" and s["mode"] in ("reflect", "replicate")
             and "padding_mode" in o.detail)
@@ -47,9 +43,6 @@ def _merge_mode(s: Spec, o: Outcome) -> bool:
 KNOWN: list[tuple[str, str, Callable[[Spec, Outcome], bool]]] = [
     ("same-even-kernel", "issue 9 'Also': padding='same' with an even span (asymmetric) refused by to_depth "
      "(to_space and merge give pad + conv)", _asymmetric_same),
-    ("backward-size1-stride", "issue 9 (crashes): 'polyphase backward in float64 for size-1 dims' — fold too: "
-     "space_to_depth returns a size-1 dim with a stride PyTorch's float64 conv backward rejects",
-     _size1_stride_backward),
     ("nonfinite-zero-taps", "issue 9 item 5: an inf/NaN input pixel times a structural zero tap gives NaN "
      "where the original is finite (--nonfinite only)", lambda s, o: o.kind == "nonfinite-mismatch"),
     ("merge-padding-mode", "fuzz: README says merge is exact 'always', but reflect/replicate after "

@@ -69,6 +69,7 @@ def rewrite_onnx(model: onnx.ModelProto, transforms: tuple[str, ...] = TRANSFORM
             del cand.graph.node[idx]
             for j, n in enumerate(new_nodes):
                 cand.graph.node.insert(idx + j, n)
+            graph.prune_initializers(cand)
             onnx.shape_inference.infer_shapes(cand, check_type=True, strict_mode=True)
             err, scale = verify.max_error(cur, cand)
         except FoldError as e:

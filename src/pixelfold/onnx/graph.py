@@ -80,3 +80,15 @@ def fresh(model: onnx.ModelProto, base: str) -> str:
         if name not in used:
             return name
     raise AssertionError("unreachable")
+
+
+def prune_initializers(model: onnx.ModelProto) -> None:
+    """Remove (in place) initializers no node and no graph output uses any more."""
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep = [t for t in model.graph.initializer if t.name in used]
+    removed = {t.name for t in model.graph.initializer} - {t.name for t in keep}
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    gi = [vi for vi in model.graph.input if vi.name not in removed]
+    del model.graph.input[:]
+    model.graph.input.extend(gi)

@@ -108,3 +108,25 @@ def test_file_roundtrip(tmp_path):
     assert len(rep.changed) == 1 and rep.end_to_end_error is not None
     assert rep.end_to_end_error <= rep.end_to_end_tolerance
     onnx.checker.check_model(graph.load(str(out)), full_check=True)
+
+
+def test_cli_rewrite_onnx(tmp_path, capsys):
+    from pixelfold import cli
+
+    src, out, js = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "r.json"
+    onnx.save(_conv_model(strides=[2, 2], pads=[1, 1, 1, 1]), src)
+    rc = cli.main(["rewrite", str(src), "--profile", "no_stride", "--out", str(out), "--json", str(js)])
+    assert rc == 0
+    assert "fold" in capsys.readouterr().out
+    assert [n.op_type for n in onnx.load(out).graph.node] == ["Pad", "SpaceToDepth", "Conv"]
+    assert js.exists()
+
+
+def test_cli_rewrite_onnx_refuses_unknown_profile(tmp_path, capsys):
+    from pixelfold import cli
+
+    src = tmp_path / "a.onnx"
+    onnx.save(_conv_model(strides=[2, 2]), src)
+    rc = cli.main(["rewrite", str(src), "--profile", "no_transposed", "--out", str(tmp_path / "b.onnx")])
+    assert rc != 0
+    assert "profile 'no_transposed' is not available for .onnx input yet; available: no_stride" in capsys.readouterr().err

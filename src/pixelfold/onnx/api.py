@@ -87,7 +87,8 @@ def rewrite_onnx(model: onnx.ModelProto, transforms: tuple[str, ...] = TRANSFORM
             entry.status, entry.reason = "failed", f"max |Δ| {err:.3g} > tolerance {tol:.3g}; reverted"
     if report.changed:
         report.end_to_end_error, scale = verify.max_error(model, cur, seed=1)
-        report.end_to_end_tolerance = verify.tolerance(scale)
+        report.end_to_end_tolerance, report.end_to_end_scale = verify.tolerance(scale), scale
+        report.end_to_end_checked_on = "onnxruntime CPU"
     report.elapsed_s = time.perf_counter() - t0
     return cur, report
 

@@ -44,3 +44,11 @@ def test_mobilenet_v3_small_stem_folds_depthwise_skipped():
 @pytest.mark.parametrize("name,n", [("resnet18", 7)])
 def test_torchvision_slow(name, n):
     _check(_export(name), n)
+
+
+def test_sweep_writes_table(tmp_path):
+    from pixelfold.onnx import sweep
+
+    assert sweep.main(["--out", str(tmp_path), "--models", "mobilenet_v3_small"]) == 0
+    text = (tmp_path / "onnx_sweep.md").read_text()
+    assert "| mobilenet_v3_small | fold ×1 | 4 skipped, 0 failed |" in text

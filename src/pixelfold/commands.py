@@ -285,6 +285,10 @@ def rewrite_run(args: argparse.Namespace) -> int:
     """``pixelfold rewrite MODEL --profile no_stride``: rewrite, verify, print the report."""
     from .rewrite import Profile, rewrite
 
+    if str(args.model).endswith(".onnx"):  # ONNX graph in, ONNX graph out (pixelfold.onnx, issue 11)
+        from .onnx.cli import run as onnx_run
+
+        return onnx_run(args)
     _check_outputs(args)
     target = _target(args)
     if target is not None and args.profile:

@@ -1,0 +1,97 @@
+"""Conv with stride s (2-D, equal strides) -> [Pad] -> [Slice] -> SpaceToDepth(s) -> Conv stride 1.
+
+The weight comes from :func:`pixelfold.transforms.to_depth_weight` with ``order="dcr"`` (ONNX
+SpaceToDepth puts the block offset outside the channel: ``(bh*s + bw)*C + c``). The conv's
+padding (explicit or auto_pad) is moved into an explicit Pad so the folded conv has none; the padded
+size is then trimmed or extended to exactly what the folded kernel reads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+
+from pixelfold.errors import FoldError
+from pixelfold.onnx.graph import attrs, const, fresh
+from pixelfold.spec import ConvSpec
+from pixelfold.transforms import to_depth_weight
+
+
+def conv_pads(node: onnx.NodeProto, in_hw: list[int], k: list[int], s: list[int], d: list[int]) -> list[int]:
+    """Explicit ``[top, left, bottom, right]`` pads of a Conv, resolving auto_pad (ONNX semantics).
+
+    >>> n = helper.make_node("Conv", ["x", "w"], ["y"], auto_pad="SAME_LOWER", strides=[2, 2])
+    >>> conv_pads(n, [7, 8], [4, 4], [2, 2], [1, 1])
+    [2, 1, 1, 1]
+    """
+    a = attrs(node)
+    mode = a.get("auto_pad", b"NOTSET")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode == "NOTSET":
+        return list(a.get("pads", [0] * 4))
+    if mode == "VALID":
+        return [0] * 4
+    lo, hi = [], []
+    for n, kk, ss, dd in zip(in_hw, k, s, d):
+        out = -(-n // ss)
+        total = max(0, (out - 1) * ss + dd * (kk - 1) + 1 - n)
+        small, big = total // 2, total - total // 2
+        lo.append(big if mode == "SAME_LOWER" else small)
+        hi.append(small if mode == "SAME_LOWER" else big)
+    return lo + hi
+
+
+def fold_conv(model: onnx.ModelProto, node: onnx.NodeProto, in_shape: list[int]) -> list[onnx.NodeProto]:
+    """Replacement nodes for ``node`` (a stride>1 2-D Conv); adds initializers to ``model``.
+
+    Raises :class:`FoldError` when the conv is not foldable (reason in the message).
+    """
+    if len(in_shape) != 4:
+        raise FoldError(f"fold handles 2-D convs (rank-4 input); this input has rank {len(in_shape)}")
+    w = const(model, node.input[1])
+    if w is None:
+        raise FoldError(f"the weight {node.input[1]!r} is not an initializer; fold needs constant weights")
+    a = attrs(node)
+    k = list(w.shape[2:])
+    s = list(a.get("strides", [1, 1]))
+    d = list(a.get("dilations", [1, 1]))
+    g = int(a.get("group", 1))
+    if s[0] != s[1] or s[0] < 2:
+        raise FoldError(f"strides {s}: fold needs equal strides > 1")
+    b = s[0]
+    pads = conv_pads(node, in_shape[2:], k, s, d)
+    spec = ConvSpec.make(w.shape[1] * g, w.shape[0], k, stride=s, padding=0, dilation=d, groups=g)
+    tw, new = to_depth_weight(torch.from_numpy(np.array(w)).double(), spec, b, order="dcr")
+    nodes: list[onnx.NodeProto] = []
+    x = node.input[0]
+    ends = []
+    for i in range(2):
+        padded = in_shape[2 + i] + pads[i] + pads[2 + i]
+        out = (padded - (d[i] * (k[i] - 1) + 1)) // s[i] + 1
+        need = b * (out - 1 + new.kernel[i])
+        ends.append(need - (in_shape[2 + i] + pads[i]))  # extra (>0) or cut (<0) at the far end
+    hi = [max(e, 0) for e in ends]
+    if any(pads[:2]) or any(hi):
+        pname = fresh(model, node.name + "_pads")
+        model.graph.initializer.append(numpy_helper.from_array(np.array([0, 0, pads[0], pads[1], 0, 0, hi[0], hi[1]], np.int64), pname))
+        y = fresh(model, node.name + "_padded")
+        nodes.append(helper.make_node("Pad", [x, pname], [y], name=fresh(model, node.name + "_Pad"), mode="constant"))
+        x = y
+    if any(e < 0 for e in ends):
+        st, en, ax = (fresh(model, node.name + n) for n in ("_st", "_en", "_ax"))
+        stop = [in_shape[2 + i] + pads[i] + min(ends[i], 0) for i in range(2)]
+        for nm, v in ((st, [0, 0]), (en, stop), (ax, [2, 3])):
+            model.graph.initializer.append(numpy_helper.from_array(np.array(v, np.int64), nm))
+        y = fresh(model, node.name + "_cut")
+        nodes.append(helper.make_node("Slice", [x, st, en, ax], [y], name=fresh(model, node.name + "_Slice")))
+        x = y
+    y = fresh(model, node.name + "_s2d")
+    nodes.append(helper.make_node("SpaceToDepth", [x], [y], name=fresh(model, node.name + "_S2D"), blocksize=b))
+    wname = fresh(model, node.input[1] + "_folded")
+    model.graph.initializer.append(numpy_helper.from_array(tw.numpy().astype(w.dtype), wname))
+    inputs = [y, wname] + list(node.input[2:])
+    nodes.append(helper.make_node("Conv", inputs, list(node.output), name=node.name or fresh(model, "Conv"),
+                                  kernel_shape=list(new.kernel), group=g))
+    return nodes

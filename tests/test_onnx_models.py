@@ -1,0 +1,54 @@
+"""pixelfold.onnx on graphs we do not write by hand: torchvision exports (issue 11)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+
+from pixelfold.onnx import verify  # noqa: E402
+from pixelfold.onnx.api import rewrite_onnx  # noqa: E402
+
+
+def _export(name: str, size: int = 32) -> "onnx.ModelProto":
+    torch.manual_seed(0)
+    net = getattr(torchvision.models, name)(weights=None).eval()
+    f = io.BytesIO()
+    torch.onnx.export(net, torch.randn(1, 3, size, size), f, opset_version=17, dynamo=False)
+    return onnx.load_from_string(f.getvalue())
+
+
+def _check(m, n_changed):
+    new, rep = rewrite_onnx(m)
+    assert len(rep.changed) == n_changed, [(e.path, e.status, e.reason) for e in rep.entries]
+    assert not rep.failed
+    err, scale = verify.max_error(m, new, seed=3)
+    assert err <= 1e-5 * max(scale, 1.0)
+    used = {i for n in new.graph.node for i in n.input}
+    assert all(t.name in used for t in new.graph.initializer)  # old weights removed
+    return rep
+
+
+def test_mobilenet_v3_small_stem_folds_depthwise_skipped():
+    rep = _check(_export("mobilenet_v3_small"), 1)
+    assert len(rep.skipped) == 4
+    assert all("interleaves channels of different groups" in e.reason for e in rep.skipped)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,n", [("resnet18", 7)])
+def test_torchvision_slow(name, n):
+    _check(_export(name), n)
+
+
+def test_sweep_writes_table(tmp_path):
+    from pixelfold.onnx import sweep
+
+    assert sweep.main(["--out", str(tmp_path), "--models", "mobilenet_v3_small"]) == 0
+    text = (tmp_path / "onnx_sweep.md").read_text()
+    assert "| mobilenet_v3_small | fold ×1 | 4 skipped, 0 failed |" in text

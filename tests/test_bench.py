@@ -78,3 +78,46 @@ def test_paired_ratio_uses_rounds():
     a = bench.Result("g", "c", "a", "NCHW", rounds_ms=[2.0, 4.0, 3.0])
     b = bench.Result("g", "c", "b", "NCHW", rounds_ms=[1.0, 2.0, 1.0])
     assert bench.paired_ratio(a, b) == 2.0
+
+
+@pytest.mark.parametrize("order", ["crd", "dcr", "focus"])
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_handwritten_rearrangements_match_the_numpy_oracle(order, n, layout):
+    """The benchmark's hand-written bar (bench.handwritten) computes exactly what pixelfold.reference does."""
+    from pixelfold.bench import handwritten as H
+
+    block = (2, 4, 2)[:n]
+    shape = (2, 3, *(4, 8, 4)[:n])
+    x = torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape)
+    xin = x.movedim(1, -1).contiguous().movedim(-1, 1) if layout == "channels_last" else x
+    want = _numpy_space_to_depth(x.numpy(), block, order)
+    y = H.s2d(xin, block, order)
+    assert y.shape == want.shape and (y.numpy() == want).all()
+    assert H.channels_last(y) == (layout == "channels_last")
+    yin = y if layout == "channels_last" else y.contiguous()
+    assert torch.equal(H.d2s(yin, block, order), x)
+
+
+def _numpy_space_to_depth(x, block, order):
+    """Element by element from the definition: channel c * R + phase (crd), phase * C + c (dcr, focus; focus
+    numbers the phases first offset fastest)."""
+    import itertools
+
+    import numpy as np
+
+    N, C, *S = x.shape
+    R = math.prod(block)
+    outer = [s // b for s, b in zip(S, block)]
+    out = np.zeros((N, C * R, *outer), x.dtype)
+    for off in itertools.product(*[range(b) for b in block]):
+        key = off[::-1] if order == "focus" else off
+        dims = block[::-1] if order == "focus" else block
+        phase = 0
+        for k, d in zip(key, dims):
+            phase = phase * d + k
+        for c in range(C):
+            ch = c * R + phase if order == "crd" else phase * C + c
+            src = x[(slice(None), c, *[slice(o, None, b) for o, b in zip(off, block)])]
+            out[:, ch] = src
+    return out

@@ -44,7 +44,7 @@ def test_quick_run_every_form_matches_the_original(quick_run):
         assert r.max_err <= 1e-4 * max(1.0, r.ref_max), (r.case, r.form, r.max_err, r.ref_max)
         assert r.time_ms > 0 and r.runs > 0 and len(r.rounds_ms) == 1
         assert not math.isnan(r.ratio)
-    exact = [r for r in results if r.group == "rearrange"]
+    exact = [r for r in results if r.group in ("rearrange", "limit")]
     assert exact and all(r.max_err == 0 for r in exact)  # rearrangements move values: bit-exact
 
 
@@ -54,6 +54,8 @@ def test_quick_run_reports_the_rearrangement_targets(quick_run):
     kinds = {t["target"] for t in rows}
     assert any("NCHW" in k for k in kinds) and any("channels_last" in k for k in kinds)
     assert all(t["ratio"] > 0 for t in rows)
+    limit = [t for t in rows if "vs best hand-written" in t["target"]]
+    assert len(limit) == 12 and all(t["limit"] == 1.1 and "GB/s" in t["target"] for t in limit)  # 3 orders × 2 × 2
 
 
 @pytest.mark.slow

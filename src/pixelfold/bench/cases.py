@@ -7,6 +7,7 @@ from __future__ import annotations
 from torch import nn
 
 from .cases_models import _rewrite_cases, _transform_cases, _tune_cases
+from .cases_limit import limit_cases
 from .cases_rearrange import _rearrange_cases
 from .model import Case, Context, Focus, Form, Group, _conv_forms, _layout_names
 
@@ -185,6 +186,11 @@ GROUPS: list[Group] = [
           "pixelfold.space_to_depth / depth_to_space vs torch.pixel_unshuffle / pixel_shuffle and vs a plain "
           "copy (clone) of the same tensor, the floor for any rearrangement that materialises its result. "
           "Ratios are to the clone.", _rearrange_cases, quick=True),
+    Group("limit", "Rearrangements at the hand-written limit",
+          "pixelfold.space_to_depth / depth_to_space in every order (crd, dcr, focus), 1-3-D, contiguous and "
+          "channels-last, next to the hand-written reshape/permute/contiguous of the same tensor, einops.rearrange "
+          "and clone(). Ratios are to the clone; the targets table gives pixelfold / best hand-written and GB/s.",
+          limit_cases, quick=True),
     Group("transforms", "Weight-transform cost (one-off)",
           "Time to build the exact forms (weights gathered, modules built, frozen), next to one batch-1 forward of "
           "the original: the ratio is the construction cost in forward passes.", _transform_cases, quick=True),

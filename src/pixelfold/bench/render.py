@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from .cases import GROUPS
 from .model import Result
+from .cases_limit import limit_targets
 from .measure import paired_ratio
 
 
@@ -50,6 +51,7 @@ def targets(results: Sequence[Result]) -> list[dict[str, Any]]:
                 ratio = paired_ratio(ours, clone)
                 rows.append(dict(target=f"{what} channels_last (dcr) vs clone", block=block, ratio=ratio, limit=1.5,
                                  met=bool(ratio <= 1.5)))
+    rows += limit_targets(list(results))
     rows += _model_targets(results)
     return rows
 
@@ -159,6 +161,7 @@ def render_markdown(results: Sequence[Result], info: dict[str, Any]) -> str:
 
 _RATIO_MEANING = {
     "rearrange": "time / clone of the same tensor",
+    "limit": "time / clone of the same tensor",
     "transforms": "construction time / one batch-1 forward of the original",
     "rewrite": "rewrite time / one batch-1 forward of the original",
 }

@@ -37,7 +37,7 @@ def test_quick_run_writes_tables_json_and_chart(quick_run):
 def test_quick_run_every_form_matches_the_original(quick_run):
     _, results, _ = quick_run
     assert len(results) >= 30
-    assert {"seed", "stems", "patchify", "focus", "transposed", "rearrange", "transforms", "rewrite"} <= {
+    assert {"sweep", "patch_embed", "limit", "seed", "stems", "patchify", "focus", "transposed", "rearrange", "transforms", "rewrite"} <= {
         r.group for r in results}
     for r in results:
         assert r.status == "ok", (r.case, r.form, r.note)
@@ -55,6 +55,8 @@ def test_quick_run_reports_the_rearrangement_targets(quick_run):
     assert any("NCHW" in k for k in kinds) and any("channels_last" in k for k in kinds)
     assert all(t["ratio"] > 0 for t in rows)
     limit = [t for t in rows if "vs best hand-written" in t["target"]]
+    assert any("PatchLinear vs hand-written F.linear" in t["target"] for t in rows)
+    assert any(t["target"].startswith("best polyphase block") for t in rows)
     assert len(limit) == 12 and all(t["limit"] == 1.1 and "GB/s" in t["target"] for t in limit)  # 3 orders × 2 × 2
 
 
@@ -123,3 +125,15 @@ def _numpy_space_to_depth(x, block, order):
             src = x[(slice(None), c, *[slice(o, None, b) for o, b in zip(off, block)])]
             out[:, ch] = src
     return out
+
+
+def test_every_limit_case_form_computes_its_own_shapes_block():
+    """Regression: the limit group's callables bound the loop's last block (every 1-D/2-D case then failed)."""
+    from pixelfold.bench.cases_limit import limit_cases
+
+    ctx = bench.Context(torch.device("cpu"), torch.float32, quick=False, batch=1)
+    cases = limit_cases(ctx)
+    assert len(cases) == 7 * 3 * 2 * 2
+    for case in cases:
+        for f in case.forms:
+            assert torch.equal(f.fn(f.arg), f.expected), (case.name, f.name)

@@ -9,6 +9,7 @@ from torch import nn
 from .cases_models import _rewrite_cases, _transform_cases, _tune_cases
 from .cases_limit import limit_cases
 from .cases_rearrange import _rearrange_cases
+from .cases_sweep import patch_embed_cases, polyphase_sweep_cases
 from .model import Case, Context, Focus, Form, Group, _conv_forms, _layout_names
 
 
@@ -164,6 +165,13 @@ GROUPS: list[Group] = [
           "A 3×3 conv on a 256-channel map is a 48×48 conv with stride 16 on the depth_to_space'd 1-channel map "
           "(pixelfold.to_space); the 48×48 conv at stride 1 is computed cheaply as a polyphase conv.",
           _seed_cases, quick=True),
+    Group("sweep", "Polyphase block sweep (the seed's stride-1 48×48 conv)",
+          "Conv2d(1, 1, 48) at stride 1 on 2×1×256², direct and as polyphase(b) for b = 1, 2, 4, 8, 16 (the inner "
+          "conv's MACs over the direct conv's in the notes).", polyphase_sweep_cases, quick=True),
+    Group("patch_embed", "Patch embeddings: conv vs PatchLinear vs F.linear",
+          "ViT-B/16 Conv2d(3, 768, 16, 16) on 224² and Qwen2-VL Conv3d(3, 1280, (2, 14, 14), stride (2, 14, 14)) "
+          "on 1024 patches, as the conv, pixelfold.PatchLinear, and a hand-written view/permute + F.linear.",
+          patch_embed_cases, quick=True),
     Group("stems", "Strided stems: fold",
           "fold(conv, 2) = pad → space_to_depth(2) → conv with half the stride on 4× the channels (MLPerf's TPU "
           "ResNet stem). Frozen (weights baked) for inference.", _stem_cases, quick=True),

@@ -56,14 +56,15 @@ def limit_cases(ctx: Context) -> list[Case]:
             for what, t, want in (("space_to_depth", x, y0), ("depth_to_space", y, x0)):
                 s2d = what == "space_to_depth"
                 ours: Callable[[torch.Tensor], torch.Tensor] = (
-                    (lambda t, o=order: space_to_depth(t, block, o)) if s2d else
-                    (lambda t, o=order: depth_to_space(t, block, o)))
-                hand = (lambda t, o=order: H.s2d(t, block, o)) if s2d else (lambda t, o=order: H.d2s(t, block, o))
+                    (lambda t, o=order, b=block: space_to_depth(t, b, o)) if s2d else
+                    (lambda t, o=order, b=block: depth_to_space(t, b, o)))
+                hand = ((lambda t, o=order, b=block: H.s2d(t, b, o)) if s2d else
+                        (lambda t, o=order, b=block: H.d2s(t, b, o)))
                 forms = [Form("clone()", torch.clone, t, layout, expected=t, note=f"{gb:.3f} GB moved"),
                          Form("hand-written reshape/permute/contiguous", hand, t, layout, expected=want)]
                 if einops is not None:
                     pat = ps if s2d else pd
-                    forms.append(Form("einops.rearrange", lambda t, p=pat: einops.rearrange(t, p, **kw), t, layout,
+                    forms.append(Form("einops.rearrange", lambda t, p=pat, kw=kw: einops.rearrange(t, p, **kw), t, layout,
                                       expected=want, note="contiguous result"))
                 forms.append(Form(f"pixelfold.{what} ({order})", ours, t, layout, expected=want))
                 cases.append(Case("limit", f"{n}-D {what} b={b} {order}, {'×'.join(map(str, t.shape))} {layout}",

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 from .cases import GROUPS
 from .model import Result
 from .cases_limit import limit_targets
+from .cases_sweep import sweep_targets
 from .measure import paired_ratio
 
 
@@ -52,6 +53,7 @@ def targets(results: Sequence[Result]) -> list[dict[str, Any]]:
                 rows.append(dict(target=f"{what} channels_last (dcr) vs clone", block=block, ratio=ratio, limit=1.5,
                                  met=bool(ratio <= 1.5)))
     rows += limit_targets(list(results))
+    rows += sweep_targets(list(results))
     rows += _model_targets(results)
     return rows
 

@@ -31,6 +31,7 @@ DEVICE=cuda
 EXTRA=()
 if [ "$DRY" -eq 1 ]; then
     OUT_DIR="$OUT_DIR/dry-run" DEVICE=cpu ROUNDS=1 MIN_RUN_TIME=0.005 EXTRA=(--quick)
+    LIMIT_S="${BENCH_LIMIT_S:-400}"  # a loaded 2-core CPU needs ~3 min per dtype for the quick groups
 fi
 mkdir -p "$OUT_DIR"
 

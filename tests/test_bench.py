@@ -37,14 +37,14 @@ def test_quick_run_writes_tables_json_and_chart(quick_run):
 def test_quick_run_every_form_matches_the_original(quick_run):
     _, results, _ = quick_run
     assert len(results) >= 30
-    assert {"seed", "stems", "patchify", "focus", "transposed", "rearrange", "transforms", "rewrite"} <= {
+    assert {"sweep", "patch_embed", "limit", "seed", "stems", "patchify", "focus", "transposed", "rearrange", "transforms", "rewrite"} <= {
         r.group for r in results}
     for r in results:
         assert r.status == "ok", (r.case, r.form, r.note)
         assert r.max_err <= 1e-4 * max(1.0, r.ref_max), (r.case, r.form, r.max_err, r.ref_max)
         assert r.time_ms > 0 and r.runs > 0 and len(r.rounds_ms) == 1
         assert not math.isnan(r.ratio)
-    exact = [r for r in results if r.group == "rearrange"]
+    exact = [r for r in results if r.group in ("rearrange", "limit")]
     assert exact and all(r.max_err == 0 for r in exact)  # rearrangements move values: bit-exact
 
 
@@ -54,6 +54,10 @@ def test_quick_run_reports_the_rearrangement_targets(quick_run):
     kinds = {t["target"] for t in rows}
     assert any("NCHW" in k for k in kinds) and any("channels_last" in k for k in kinds)
     assert all(t["ratio"] > 0 for t in rows)
+    limit = [t for t in rows if "vs best hand-written" in t["target"]]
+    assert any("PatchLinear vs hand-written F.linear" in t["target"] for t in rows)
+    assert any(t["target"].startswith("best polyphase block") for t in rows)
+    assert len(limit) == 12 and all(t["limit"] == 1.1 and "GB/s" in t["target"] for t in limit)  # 3 orders × 2 × 2
 
 
 @pytest.mark.slow
@@ -78,3 +82,58 @@ def test_paired_ratio_uses_rounds():
     a = bench.Result("g", "c", "a", "NCHW", rounds_ms=[2.0, 4.0, 3.0])
     b = bench.Result("g", "c", "b", "NCHW", rounds_ms=[1.0, 2.0, 1.0])
     assert bench.paired_ratio(a, b) == 2.0
+
+
+@pytest.mark.parametrize("order", ["crd", "dcr", "focus"])
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_handwritten_rearrangements_match_the_numpy_oracle(order, n, layout):
+    """The benchmark's hand-written bar (bench.handwritten) computes exactly what pixelfold.reference does."""
+    from pixelfold.bench import handwritten as H
+
+    block = (2, 4, 2)[:n]
+    shape = (2, 3, *(4, 8, 4)[:n])
+    x = torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape)
+    xin = x.movedim(1, -1).contiguous().movedim(-1, 1) if layout == "channels_last" else x
+    want = _numpy_space_to_depth(x.numpy(), block, order)
+    y = H.s2d(xin, block, order)
+    assert y.shape == want.shape and (y.numpy() == want).all()
+    assert H.channels_last(y) == (layout == "channels_last")
+    yin = y if layout == "channels_last" else y.contiguous()
+    assert torch.equal(H.d2s(yin, block, order), x)
+
+
+def _numpy_space_to_depth(x, block, order):
+    """Element by element from the definition: channel c * R + phase (crd), phase * C + c (dcr, focus; focus
+    numbers the phases first offset fastest)."""
+    import itertools
+
+    import numpy as np
+
+    N, C, *S = x.shape
+    R = math.prod(block)
+    outer = [s // b for s, b in zip(S, block)]
+    out = np.zeros((N, C * R, *outer), x.dtype)
+    for off in itertools.product(*[range(b) for b in block]):
+        key = off[::-1] if order == "focus" else off
+        dims = block[::-1] if order == "focus" else block
+        phase = 0
+        for k, d in zip(key, dims):
+            phase = phase * d + k
+        for c in range(C):
+            ch = c * R + phase if order == "crd" else phase * C + c
+            src = x[(slice(None), c, *[slice(o, None, b) for o, b in zip(off, block)])]
+            out[:, ch] = src
+    return out
+
+
+def test_every_limit_case_form_computes_its_own_shapes_block():
+    """Regression: the limit group's callables bound the loop's last block (every 1-D/2-D case then failed)."""
+    from pixelfold.bench.cases_limit import limit_cases
+
+    ctx = bench.Context(torch.device("cpu"), torch.float32, quick=False, batch=1)
+    cases = limit_cases(ctx)
+    assert len(cases) == 7 * 3 * 2 * 2
+    for case in cases:
+        for f in case.forms:
+            assert torch.equal(f.fn(f.arg), f.expected), (case.name, f.name)

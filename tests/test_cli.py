@@ -368,8 +368,8 @@ def test_explain_seed_out_of_range_is_an_argparse_error(capsys):
         f"pixelfold explain: error: argument --seed: expected an integer from 0 to 2**64 - 1, got '{2**64}'")
 
 
-BENCH_GROUPS = "'seed', 'stems', 'patchify', 'focus', 'transposed', 'depthwise', 'video3d', 'rearrange', " \
-               "'transforms', 'rewrite', 'tune'"
+BENCH_GROUPS = "'seed', 'sweep', 'patch_embed', 'stems', 'patchify', 'focus', 'transposed', 'depthwise', " \
+               "'video3d', 'rearrange', 'limit', 'transforms', 'rewrite', 'tune'"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -85,13 +85,44 @@ class Row:
         if not self.changed:
             if not self.before.crashed and not self.before.ours_on_cpu:
                 return "unchanged: already on the NPU"
+            if self.before.crashed:
+                return "unchanged; the compiler failed: " + self.before.message[:120]
             return "unchanged: " + (self.kept[0] if self.kept else "no constraint broken that pixelfold can see")
         a = self.after
         if a is None or a.crashed:
             return "rewritten, but the compiler failed: " + (a.message[:120] if a else "not judged")
         if a.ours_on_cpu:
             return f"rewritten; still on the CPU: {', '.join(a.ours_on_cpu)}"
+        if self.slower:
+            return f"rewritten; more cycles than the original ran on the NPU ({self.before.cycles} → {a.cycles})"
         return "rewritten: every conv and rearrangement on the NPU"
+
+    @property
+    def slower(self) -> bool:
+        """The original ran pixelfold's ops on the NPU, and the rewrite costs more estimated cycles."""
+        b, a = self.before, self.after
+        return (bool(self.changed) and a is not None and not b.crashed and not b.ours_on_cpu
+                and b.cycles is not None and a.cycles is not None and a.cycles > b.cycles)
+
+    @property
+    def failed(self) -> bool:
+        """Against issue 10's "Done when": a crash (before and unchanged, or after), a failed rewrite, one of
+        pixelfold's operators left on the CPU after a rewrite, or a rewrite that costs more cycles.
+
+        >>> ok, crash = Verdict(3, [], 100), Verdict(crashed=True, message="RuntimeError: x")
+        >>> Row("m", "t", crash, ok, changed=["0: fold"]).failed, Row("m", "t", crash, crash).failed
+        (False, True)
+        >>> Row("m", "t", ok, Verdict(3, [], 150), changed=["0: fold"]).failed
+        True
+        >>> cpu = Verdict(2, ["TRANSPOSE_CONV"], 90)
+        >>> Row("m", "t", cpu, cpu).failed, Row("m", "t", cpu, cpu, kept=["up: stride 3 > 2"]).failed
+        (True, False)
+        """
+        if self.changed:
+            a = self.after
+            return a is None or a.crashed or bool(a.ours_on_cpu) or self.slower or any("FAILED" in k for k in self.kept)
+        unexplained = bool(self.before.ours_on_cpu) and not self.kept  # the target data missed a constraint
+        return self.before.crashed or unexplained or any("FAILED" in k for k in self.kept)
 
 
 def _judge_all(cases: dict[tuple[str, str], tuple[torch.nn.Module, torch.Tensor]], progress: bool
@@ -212,7 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "npu.md").write_text(render_markdown(rows, info))
     (out / "npu.json").write_text(json.dumps({"info": info, "rows": [asdict(r) for r in rows]}, indent=1))
     print(f"npu: {out / 'npu.md'}, {out / 'npu.json'} ({len(rows)} rows)")
-    bad = [r for r in rows if r.outcome.startswith("rewritten; still") or "FAILED" in " ".join(r.kept)]
+    bad = [r for r in rows if r.failed]
+    for r in bad:
+        print(f"npu: FAILED {r.model} → {r.target}: {r.outcome}", file=sys.stderr)
     return 1 if bad else 0
 
 

@@ -145,6 +145,20 @@ def _judge_all(cases: dict[tuple[str, str], tuple[torch.nn.Module, torch.Tensor]
     return out
 
 
+def _judge_originals(cases: dict[str, tuple[torch.nn.Module, torch.Tensor]], targets: Sequence[str],
+                     progress: bool) -> dict[tuple[str, str], Any]:
+    """Judge every original model for every target in one batch: one export per compiler and lowering (the
+    three Ethos-U targets share one TFLite conversion), one worker run per compiler."""
+    from .judges import judge_batch
+
+    t0 = time.perf_counter()
+    got = judge_batch([(name, m, x) for name, (m, x) in cases.items()], list(targets))
+    if progress:
+        print(f"[npu] originals: {len(cases)} models × {len(targets)} targets judged in "
+              f"{time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+    return {(name, t): per[t] for name, per in got.items() for t in targets}
+
+
 def run(models: Sequence[str] | None = None, targets: Sequence[str] | None = None,
         progress: bool = True) -> list[Row]:
     """Rewrite every model for every target and judge both; returns the rows (see :class:`Row`)."""
@@ -177,7 +191,7 @@ def run(models: Sequence[str] | None = None, targets: Sequence[str] | None = Non
             if progress:
                 print(f"[npu] {name} → {target}: {len(report.changed)} changed, {len(report.skipped)} kept "
                       f"with a reason", file=sys.stderr, flush=True)
-    before = _judge_all(before_cases, progress)
+    before = _judge_originals({name: before_cases[(name, judged[0])] for name in names}, judged, progress)
     after = _judge_all(after_cases, progress) if after_cases else {}
     for key, row in rows.items():
         row.before = Verdict.of(before[key])

@@ -9,7 +9,30 @@ RKNN_STAMP := $(RKNN_VENV)/.installed
 JUDGES_DIR := src/pixelfold/judges
 NPU_PIP     = -m pip install -q --no-input
 
-.PHONY: npu-env npu-env-vela npu-env-rknn npu-test npu-survey npu-clean
+.PHONY: npu npu-full npu-suite npu-env npu-env-vela npu-env-rknn npu-test npu-survey npu-clean
+
+# `make npu`: the judge environments, the judge tests, then the NPU suite (pixelfold.npu_suite) on every judged
+# target for a CI subset of the zoo, into out/npu. `make npu-full` (or NPU_FULL=1) runs every zoo model and writes
+# benchmarks/results/npu.md + npu.json. The suite exits non-zero when a rewritten model leaves one of pixelfold's
+# operators on the CPU, a compiler crashes, or a rewrite fails: a crash is a failure, not a skip.
+# The CI subset covers every kind of fix the targets need (Focus, stride-3 deconv (rk3588, U55), PixelShuffle,
+# patchify and k7/s4 convs, a native-on-U55 deconv that must stay, a 1-D upsampler).
+NPU_CI_MODELS ?= yolov5_focus fsrcnn_x3 espcn_x3 dcgan_generator upsampler_1d conv_k7s4 patchify_k8s8
+ifeq ($(NPU_FULL),1)
+NPU_OUT    ?= benchmarks/results
+NPU_MODELS ?=
+else
+NPU_OUT    ?= out/npu
+NPU_MODELS ?= $(NPU_CI_MODELS)
+endif
+
+npu: npu-env npu-test npu-suite
+
+npu-full:
+	$(MAKE) npu-suite NPU_FULL=1
+
+npu-suite: npu-env $(STAMP)
+	PYTHONPATH=src $(PY) -m pixelfold.npu_suite --out $(NPU_OUT) $(if $(strip $(NPU_MODELS)),--models $(NPU_MODELS))
 
 npu-env: npu-env-vela npu-env-rknn
 

@@ -301,3 +301,45 @@ def test_survey_markdown_tables_and_verbatim_messages() -> None:
     kept = _keep_findings("# t\n\n<!-- findings: written by hand, kept by the survey -->\nF\n<!-- /findings -->\n", md)
     assert "\nF\n<!-- /findings -->" in kept and kept.startswith("# NPU placement")
     assert _keep_findings("", md) == md
+
+
+# ---------------------------------------------------------------------------- pixelfold check on an ONNX file
+def _fake_judge_file(seen: list):
+    def judge_file(path, target, quantize="int8"):  # type: ignore[no-untyped-def]
+        seen.append((Path(path).name, target, quantize))
+        on_npu = ".rk3588." in Path(path).name  # the rewritten file runs on the NPU, the original does not
+        return Judgement(target, "rknn", "fake", [OpPlacement(0, "Conv", True, None, 5),
+                                                  OpPlacement(1, "SpaceToDepth", on_npu, None if on_npu else "r", 0)])
+    return judge_file
+
+
+def test_check_judges_an_onnx_file_as_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import sys
+    from pixelfold.cli import main
+    import pixelfold.judges
+
+    seen: list = []
+    monkeypatch.setattr(pixelfold.judges, "judge_file", _fake_judge_file(seen))
+    (tmp_path / "m.onnx").write_bytes(b"not read by the fake judge")
+    assert main(["check", str(tmp_path / "m.onnx"), "--target", "rk3588", "--quiet"]) == 1  # a CPU op: exit 1
+    assert seen == [("m.onnx", "rk3588", "int8")]
+    assert "CPU SpaceToDepth: r" in capsys.readouterr().out
+    # --rewrite needs the ONNX rewriter; without it the message says what to do
+    monkeypatch.setitem(sys.modules, "pixelfold.onnx", None)
+    assert main(["check", str(tmp_path / "m.onnx"), "--target", "rk3588", "--rewrite", "--quiet"]) == 2
+    assert ("--rewrite on an .onnx file needs pixelfold.onnx.rewrite_onnx_file, which this version of pixelfold "
+            "does not have; judge the file as it is (drop --rewrite)") in capsys.readouterr().err
+    # with it: the rewritten file is judged too
+    import types
+    fake = types.ModuleType("pixelfold.onnx")
+
+    def rewrite_onnx_file(path, target, out):  # type: ignore[no-untyped-def]
+        Path(out).write_bytes(Path(path).read_bytes())
+        return f"rewrote {Path(path).name} for {target}"
+    fake.rewrite_onnx_file = rewrite_onnx_file  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pixelfold.onnx", fake)
+    seen.clear()
+    assert main(["check", str(tmp_path / "m.onnx"), "--target", "rk3588", "--rewrite", "--quiet"]) == 0
+    assert seen == [("m.onnx", "rk3588", "int8"), ("m.rk3588.onnx", "rk3588", "int8")]
+    out = capsys.readouterr().out
+    assert "rewritten for rk3588: " in out

@@ -265,3 +265,59 @@ def test_tune_for_a_data_only_target_falls_back_to_macs_and_says_so(capsys):
     assert plan.layers[0].choice == "fold"
     assert plan.cost.startswith("MACs among the forms tidl's constraints accept (no compiler judges it here")
     assert "choosing by the target's constraints and MACs instead" in capsys.readouterr().err
+
+
+def _fake_judge_layers(calls):
+    """A stand-in for pixelfold.judges.judge_layers: every layer on the NPU, cycles = MACs / 100."""
+    from pixelfold.judges import Judgement, OpPlacement
+    from pixelfold.targets.solver import macs_of
+
+    def judge_layers(layers, target):
+        calls.append(len(layers))
+        return [Judgement(target, "vela", "fake", [OpPlacement(0, "CONV_2D", True, None, 1)],
+                          npu_cycles=int(macs_of(m, s) / 100) + 1) for m, s in layers]
+    return judge_layers
+
+
+class _Twin(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 16, 4, stride=2, padding=1), nn.ConvTranspose2d(16, 8, 4, stride=4))
+        self.b = nn.Sequential(nn.Conv2d(3, 16, 4, stride=2, padding=1), nn.ConvTranspose2d(16, 8, 4, stride=4))
+
+    def forward(self, x):
+        return self.a(x) + self.b(x)
+
+
+def test_tune_for_a_target_compiles_each_layer_spec_once_in_one_run():
+    from pixelfold.tune_target import CompilerCost, tune_for_target
+    torch.manual_seed(0)
+    # a.0 and b.0 are the same spec on the same input shape (different weights): compiled once
+    net = _Twin()
+    x = torch.randn(1, 3, 16, 16)
+    calls: list[int] = []
+    cost = CompilerCost("ethos-u55-128")
+    cost._judge_layers = _fake_judge_layers(calls)
+    tuned, plan = tune_for_target(net, x, "ethos-u55-128", cost=cost, progress=False)
+    assert len(calls) == 1  # one compiler run for the whole model
+    n_forms = sum(1 for lp in plan.layers for v in lp.times_ms.values() if v != float("inf"))
+    assert cost.compiled == calls[0] < n_forms  # the repeated spec's forms were not judged twice
+    assert cost.hits == n_forms  # every cost came from the memo filled by the one run
+    by_path = {lp.path: lp for lp in plan.layers}
+    assert by_path["a.0"].times_ms == by_path["b.0"].times_ms and len(by_path["a.0"].times_ms) > 1
+    assert by_path["a.1"].choice == "subpixel" and by_path["a.1"].times_ms["original"] == float("inf")
+    torch.testing.assert_close(tuned(x), net(x), rtol=1e-5, atol=1e-5)
+    tune_for_target(net, x, "ethos-u55-128", cost=cost, progress=False)  # the same model again: nothing new
+    assert len(calls) == 1
+
+
+def test_tune_for_a_judged_target_without_its_environment_says_how_to_build_it(monkeypatch, capsys):
+    import pixelfold.judges
+    monkeypatch.setattr(pixelfold.judges, "env_available", lambda target: False)
+    net = nn.Sequential(nn.Conv2d(3, 16, 7, stride=4, padding=3))
+    tuned, plan = pf.tune(net, torch.randn(1, 3, 32, 32), target="ethos-u55-128")
+    assert plan.layers[0].choice == "fold"
+    assert plan.cost == ("MACs among the forms ethos-u55-128's constraints accept "
+                         "(its judge environment is missing (build it with make npu-env))")
+    assert ("tune: ethos-u55-128: its judge environment is missing (build it with make npu-env); "
+            "choosing by the target's constraints and MACs instead") in capsys.readouterr().err

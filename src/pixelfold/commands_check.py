@@ -41,6 +41,33 @@ def _show(title: str, j: object) -> None:
         print(f"  the compiler said: {j.message.strip().splitlines()[-1] if j.message.strip() else ''}")  # type: ignore
 
 
+def _check_onnx_rewrite(path: Path, target: str, args: argparse.Namespace) -> int:
+    """``--rewrite`` on an ``.onnx`` file: rewrite it with ``pixelfold.onnx.rewrite_onnx_file`` and judge the result.
+
+    The ONNX rewriter (issue 11) is called as ``rewrite_onnx_file(path, target, out_path)`` and writes
+    ``out_path``; its return value (a report) is printed. Without it the file can only be judged as it is.
+    """
+    import tempfile
+
+    try:
+        from .onnx import rewrite_onnx_file  # type: ignore[attr-defined]
+    except ImportError:
+        raise FoldError("--rewrite on an .onnx file needs pixelfold.onnx.rewrite_onnx_file, which this version "
+                        "of pixelfold does not have; judge the file as it is (drop --rewrite), or rewrite the "
+                        "PyTorch model instead") from None
+    from .judges import judge_file
+
+    with tempfile.TemporaryDirectory(prefix="pixelfold-check-") as tmp:
+        out = Path(tmp) / f"{path.stem}.{target}.onnx"
+        report = rewrite_onnx_file(path, target, out)
+        if report is not None and not args.quiet:
+            print(report)
+        after = judge_file(out, target, quantize=args.quantize)
+    _show(f"rewritten for {target}", after)
+    sys.stdout.flush()
+    return 0 if after.all_on_npu else 1
+
+
 def check_run(args: argparse.Namespace) -> int:
     """Judge MODEL for --target (and its rewrite with --rewrite); exit 0 when everything runs on the NPU."""
     from .judges import judge, judge_file
@@ -55,9 +82,11 @@ def check_run(args: argparse.Namespace) -> int:
             raise FoldError("--rewrite takes a PyTorch model or an .onnx file, not a .tflite")
         if not path.is_file():
             raise FoldError(f"no file {path}")
-        j = judge_file(path, target.name)
+        j = judge_file(path, target.name, quantize=args.quantize)
         _show(f"{path.name} on {target.name}", j)
-        return 0 if j.all_on_npu else 1
+        if not args.rewrite:
+            return 0 if j.all_on_npu else 1
+        return _check_onnx_rewrite(path, target.name, args)
     model, x = _prepare(args)
     j = judge(model, x, target.name, quantize=args.quantize)
     _show(f"{args.model} on {target.name}", j)

@@ -26,7 +26,7 @@ from torch import nn
 from . import forms, verify
 from .errors import FoldError
 
-__all__ = ["tune_for_target", "CompilerCost"]
+__all__ = ["tune_for_target", "CompilerCost", "verdict_cost"]
 
 
 def _progress(enabled: bool, message: str) -> None:
@@ -35,30 +35,57 @@ def _progress(enabled: bool, message: str) -> None:
 
 
 class CompilerCost:
-    """Cycle estimates of the target's compiler for single layers (cached per layer content and target)."""
+    """Cycle estimates of the target's compiler for single layers, cached per (layer spec, input shape, target).
+
+    :meth:`prefetch` compiles many layers in one compiler run (a judge environment takes tens of seconds to
+    start); a spec already seen in this tuning run, or in the judge cache on disk, is not compiled again.
+    ``compiled`` counts the distinct specs judged, ``hits`` the lookups answered from the memo.
+    """
 
     def __init__(self, target: str) -> None:
-        from .judges import env_available, judge_layer
+        from .judges import env_available, judge_layers, layer_key
 
         self.target = target
         self.available = env_available(target)
-        self._judge_layer = judge_layer
+        self._judge_layers = judge_layers
+        self._key = layer_key
+        self._memo: dict[str, Any] = {}
         self.compiled = 0
-        self.log: list[dict[str, Any]] = []
+        self.hits = 0
+
+    def prefetch(self, layers: Sequence[tuple[nn.Module, Sequence[int]]]) -> None:
+        """Judge every layer not judged yet, all in one compiler run."""
+        todo: dict[str, tuple[nn.Module, Sequence[int]]] = {}
+        for m, s in layers:
+            k = self._key(m, s)
+            if k not in self._memo:
+                todo.setdefault(k, (m, s))
+        if todo:
+            for k, j in zip(todo, self._judge_layers(list(todo.values()), self.target)):
+                self._memo[k] = j
+            self.compiled += len(todo)
 
     def __call__(self, module: nn.Module, input_shape: Sequence[int]) -> tuple[float, str]:
         """``(cycles, what the compiler said)``; ``inf`` when any operator falls back to the CPU or it crashed."""
-        j = self._judge_layer(module, tuple(input_shape), self.target)
-        self.compiled += 1
-        if j.crashed:
-            return math.inf, f"the compiler failed: {j.message[:200]}"
-        if j.cpu_ops:
-            reasons = "; ".join(f"{op}: {r[0]}" for op, r in j.cpu_reasons.items()) or ", ".join(j.cpu_ops)
-            return math.inf, f"CPU ops: {reasons}"
-        cycles = j.npu_cycles if j.npu_cycles is not None else j.total_cycles
-        if cycles is None:
-            return math.inf, "the compiler gave no cycle estimate"
-        return float(cycles), f"{cycles} cycles, all on the NPU"
+        k = self._key(module, input_shape)
+        if k in self._memo:
+            self.hits += 1
+        else:
+            self.prefetch([(module, input_shape)])
+        return verdict_cost(self._memo[k])
+
+
+def verdict_cost(j: Any) -> tuple[float, str]:
+    """A judgement as a cost: its NPU cycles, or ``inf`` (with the compiler's words) when it is not all-NPU."""
+    if j.crashed:
+        return math.inf, f"the compiler failed: {j.message[:200]}"
+    if j.cpu_ops:
+        reasons = "; ".join(f"{op}: {r[0]}" for op, r in j.cpu_reasons.items()) or ", ".join(j.cpu_ops)
+        return math.inf, f"CPU ops: {reasons}"
+    cycles = j.npu_cycles if j.npu_cycles is not None else j.total_cycles
+    if cycles is None:
+        return math.inf, "the compiler gave no cycle estimate"
+    return float(cycles), f"{cycles} cycles, all on the NPU"
 
 
 def tune_for_target(
@@ -102,6 +129,7 @@ def tune_for_target(
     captured = verify.capture_inputs(work, inputs, paths)
     allowed = [n for n in TUNED_FORMS if candidates is None or n in candidates] + ["reorder", "rearrange"]
     plans: list[LayerPlan] = []
+    units = []  # pass 1: every layer's candidates, built and verified
     for i, path in enumerate(paths):
         if path not in captured:
             continue
@@ -113,7 +141,7 @@ def tune_for_target(
         times: dict[str, float] = {}
         notes: dict[str, str] = {}
         errors: dict[str, float] = {}
-        best: tuple[float, forms.Candidate, nn.Module] | None = None
+        ready: list[tuple[str, forms.Candidate, nn.Module]] = []
         for cand in cands:
             label = _label(cand.form, cand.options)
             problems = t.rejects(expand(cand.ops, t))
@@ -133,6 +161,13 @@ def tune_for_target(
                 if not err <= tolerance * max(1.0, scale):
                     notes[label] = f"not exact here (max |Δ| {err:.3g})"
                     continue
+            ready.append((label, cand, built))
+        units.append((i, path, module, shape, spec, times, notes, errors, ready))
+    if hasattr(cost, "prefetch"):  # one compiler run for every distinct layer spec of the model
+        cost.prefetch([(built, u[3]) for u in units for _, _, built in u[8]])  # type: ignore[union-attr]
+    for i, path, module, shape, spec, times, notes, errors, ready in units:  # pass 2: cost and choose
+        best: tuple[float, forms.Candidate, nn.Module] | None = None
+        for label, cand, built in ready:
             if cost is not None:
                 c, note = cost(built, shape)
             else:

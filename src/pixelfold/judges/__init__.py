@@ -21,7 +21,9 @@ from .core import (
     judge_batch,
     judge_file,
     judge_layer,
+    judge_layers,
     judge_targets,
+    layer_key,
 )
 from .lowering import lowered_rearrangements
 from .results import Judgement, OpPlacement
@@ -36,6 +38,8 @@ __all__ = [
     "judge_batch",
     "judge_file",
     "judge_layer",
+    "judge_layers",
+    "layer_key",
     "env_available",
     "env_python",
     "cache_dir",

@@ -40,6 +40,8 @@ __all__ = [
     "judge_batch",
     "judge_file",
     "judge_layer",
+    "judge_layers",
+    "layer_key",
     "cache_dir",
 ]
 
@@ -493,6 +495,57 @@ def _reseeded(module: nn.Module, seed: int) -> nn.Module:
     return m
 
 
+def _layer_case(module: nn.Module, input_shape: Sequence[int]) -> tuple[nn.Module, torch.Tensor]:
+    if not isinstance(module, nn.Module):
+        raise FoldError(f"judge_layer takes an nn.Module, got {type(module).__name__}")
+    shape = tuple(int(s) for s in input_shape)
+    if any(s <= 0 for s in shape):
+        raise FoldError(f"input_shape must be positive, got {shape}")
+    return _reseeded(module, 0), torch.randn(shape, generator=torch.Generator().manual_seed(1))
+
+
+def layer_key(module: nn.Module, input_shape: Sequence[int]) -> str:
+    """A key for one layer spec on one input shape: its structure and (reseeded) state, not its weights.
+
+    Two layers with the same spec get the same key, whatever their trained weights:
+
+    >>> a, b = nn.Conv2d(4, 8, 3, stride=2), nn.Conv2d(4, 8, 3, stride=2)
+    >>> layer_key(a, (1, 4, 16, 16)) == layer_key(b, (1, 4, 16, 16))
+    True
+    >>> layer_key(a, (1, 4, 16, 16)) == layer_key(nn.Conv2d(4, 8, 3), (1, 4, 16, 16))
+    False
+    """
+    layer, _ = _layer_case(module, input_shape)
+    h = hashlib.sha256(f"{tuple(int(s) for s in input_shape)}|{layer!r}".encode())
+    for name, t in sorted(layer.state_dict().items()):
+        h.update(name.encode())
+        _hash_tensor(h, t)
+    return h.hexdigest()
+
+
+def judge_layers(
+    layers: Sequence[tuple[nn.Module, Sequence[int]]],
+    target: str,
+    *,
+    quantize: str | None = "int8",
+    lowering: str | None = "auto",
+    cache: bool = True,
+    workdir: str | os.PathLike[str] | None = None,
+) -> list[Judgement]:
+    """:func:`judge_layer` for many ``(module, input_shape)`` layers with one compiler run (in order).
+
+    Layers with the same spec (:func:`layer_key`) are exported and compiled once.
+    """
+    keys = [layer_key(m, s) for m, s in layers]
+    unique: dict[str, tuple[nn.Module, torch.Tensor]] = {}
+    for k, (m, s) in zip(keys, layers):
+        if k not in unique:
+            unique[k] = _layer_case(m, s)
+    got = judge_batch([(k, m, x) for k, (m, x) in unique.items()], [target], quantize=quantize,
+                      lowering=lowering, workdir=workdir, cache=cache)
+    return [got[k][target] for k in keys]
+
+
 def judge_layer(
     module: nn.Module,
     input_shape: Sequence[int],
@@ -511,13 +564,7 @@ def judge_layer(
     beyond quantisation scales. For Ethos-U the file has NHWC input and output
     (``litert_torch.to_channel_last_io``), as a model's inner layers do.
     """
-    if not isinstance(module, nn.Module):
-        raise FoldError(f"judge_layer takes an nn.Module, got {type(module).__name__}")
-    shape = tuple(int(s) for s in input_shape)
-    if any(s <= 0 for s in shape):
-        raise FoldError(f"input_shape must be positive, got {shape}")
-    layer = _reseeded(module, 0)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    layer, x = _layer_case(module, input_shape)
     return judge(layer, x, target, quantize=quantize, lowering=lowering, cache=cache, workdir=workdir)
 
 

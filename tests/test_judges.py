@@ -199,7 +199,7 @@ def test_lowered_modules_compute_the_same(style: str) -> None:
             with lowered_rearrangements(style, exporter=exporter):
                 got = m(inp)
             torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
-    assert pixelfold.layers.space_to_depth is pixelfold.rearrange.space_to_depth  # restored
+    assert pixelfold.phaseconv.space_to_depth is pixelfold.rearrange.space_to_depth  # restored
 
 
 def test_lowering_errors() -> None:

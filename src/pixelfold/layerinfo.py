@@ -10,6 +10,7 @@ from torch import nn
 from . import hidden as H
 from . import verify as V
 from .errors import FoldError
+from .guards import type_name as _type_name
 from .layers import (
     DepthToSpace,
     PatchLinear,
@@ -41,15 +42,6 @@ def _fmt(t: Sequence[int]) -> str:
     return "×".join(str(v) for v in t)
 
 
-def _type_name(cls: type) -> str:
-    """``Conv2d`` for torch.nn classes, ``timm.layers.Conv2dSame`` for others."""
-    mod = cls.__module__ or ""
-    if mod.startswith("torch.nn"):
-        return cls.__qualname__
-    if mod.startswith("pixelfold"):
-        return f"pixelfold.{cls.__qualname__}"
-    parts = mod.split(".")
-    return ".".join(parts[:2] + [cls.__qualname__])
 
 
 def _describe(module: nn.Module | None) -> str:

@@ -51,15 +51,27 @@ class ConvBNAct(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
-class Focus(nn.Module):
-    """YOLOv5's Focus (v1–v5.0): slice into 4 phases, concatenate (order (0,0),(1,0),(0,1),(1,1)), then ``Conv``."""
+class FocusOf(nn.Module):
+    """YOLOv5's ``Focus`` (models/common.py) around a given conv as ``.conv``: slice into 4 phases, concatenate
+    (order (0,0),(1,0),(0,1),(1,1)), convolve. Named ``Focus`` where used, as YOLOv5 names it.
 
-    def __init__(self, c_in: int, c_out: int, k: int = 3) -> None:
+    >>> FocusOf(nn.Conv2d(12, 8, 3))(torch.randn(1, 3, 8, 8)).shape
+    torch.Size([1, 8, 2, 2])
+    """
+
+    def __init__(self, conv: nn.Module) -> None:
         super().__init__()
-        self.conv = ConvBNAct(c_in * 4, c_out, k)
+        self.conv = conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1))
+
+
+class Focus(FocusOf):
+    """YOLOv5's Focus (v1–v5.0): slice into 4 phases, concatenate (order (0,0),(1,0),(0,1),(1,1)), then ``Conv``."""
+
+    def __init__(self, c_in: int, c_out: int, k: int = 3) -> None:
+        super().__init__(ConvBNAct(c_in * 4, c_out, k))
 
 
 class YoloStem(nn.Module):

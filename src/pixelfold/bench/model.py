@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-
+from ..zoo import FocusOf
 
 MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "68719476736"}
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -168,12 +168,4 @@ def _conv_forms(
     return forms
 
 
-class Focus(nn.Module):
-    """YOLOv5's Focus (slice + cat, then the conv), as written in YOLOv5 (and named so: tune recognises it)."""
-
-    def __init__(self, conv: nn.Module) -> None:
-        super().__init__()
-        self.conv = conv
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1))
+Focus = FocusOf  # YOLOv5's Focus around a given conv (named Focus, as YOLOv5 names it)

@@ -31,6 +31,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..zoo import FocusOf
+
 __all__ = ["phases", "s2d", "d2s", "tie", "S2D", "D2S", "Focus"]
 
 
@@ -105,12 +107,4 @@ class D2S(nn.Module):
         return d2s(x, self.block, self.order)
 
 
-class Focus(nn.Module):
-    """YOLOv5's ``Focus`` (models/common.py), with a plain conv as ``.conv``: slice, concatenate, convolve."""
-
-    def __init__(self, conv: nn.Module) -> None:
-        super().__init__()
-        self.conv = conv
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(torch.cat([x[..., ::2, ::2], x[..., 1::2, ::2], x[..., ::2, 1::2], x[..., 1::2, 1::2]], 1))
+Focus = FocusOf  # YOLOv5's Focus around a given conv (named Focus, as YOLOv5 names it)

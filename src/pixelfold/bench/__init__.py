@@ -20,7 +20,7 @@ time with :func:`pixelfold.timing.interleaved`), ``render`` (targets, tables, ch
 the command line).
 
 >>> [g.key for g in GROUPS][:3]
-['seed', 'stems', 'patchify']
+['seed', 'sweep', 'patch_embed']
 """
 
 from __future__ import annotations

@@ -42,30 +42,14 @@ def _show(title: str, j: object) -> None:
 
 
 def _check_onnx_rewrite(path: Path, target: str, args: argparse.Namespace) -> int:
-    """``--rewrite`` on an ``.onnx`` file: rewrite it with ``pixelfold.onnx.rewrite_onnx_file`` and judge the result.
+    """``--rewrite`` on an ``.onnx`` file: refused until :mod:`pixelfold.onnx` rewrites for a target.
 
-    The ONNX rewriter (issue 11) is called as ``rewrite_onnx_file(path, target, out_path)`` and writes
-    ``out_path``; its return value (a report) is printed. Without it the file can only be judged as it is.
+    ``pixelfold.onnx`` folds strided convs (profile ``no_stride``) but does not take targets yet, so the
+    way out is the two steps it can do: rewrite the file, then judge the result.
     """
-    import tempfile
-
-    try:
-        from .onnx import rewrite_onnx_file  # type: ignore[attr-defined]
-    except ImportError:
-        raise FoldError("--rewrite on an .onnx file needs pixelfold.onnx.rewrite_onnx_file, which this version "
-                        "of pixelfold does not have; judge the file as it is (drop --rewrite), or rewrite the "
-                        "PyTorch model instead") from None
-    from .judges import judge_file
-
-    with tempfile.TemporaryDirectory(prefix="pixelfold-check-") as tmp:
-        out = Path(tmp) / f"{path.stem}.{target}.onnx"
-        report = rewrite_onnx_file(path, target, out)
-        if report is not None and not args.quiet:
-            print(report)
-        after = judge_file(out, target, quantize=args.quantize)
-    _show(f"rewritten for {target}", after)
-    sys.stdout.flush()
-    return 0 if after.all_on_npu else 1
+    raise FoldError(f"--rewrite on an .onnx file: pixelfold.onnx cannot rewrite for a target yet (it folds strided "
+                    f"convs); run `pixelfold rewrite {path.name} --profile no_stride --out new.onnx`, then "
+                    f"`pixelfold check new.onnx --target {target}`, or drop --rewrite to judge {path.name} as it is")
 
 
 def check_run(args: argparse.Namespace) -> int:

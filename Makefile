@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2
 
 sweep: $(STAMP)
-	$(PY) -m pytest -q -m slow tests/test_model_sweep.py --run-slow
+	$(PY) -m pytest -q -m slow tests/test_model_sweep.py tests/test_readme.py --run-slow
 
 fuzz: $(STAMP)
 	$(PY) -m pixelfold.fuzz --n $(or $(N),1000)

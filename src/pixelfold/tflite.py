@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from .errors import FoldError
+from .trees import flatten_outputs
 
 __all__ = ["TFLiteExport", "to_tflite", "available", "run_tflite"]
 
@@ -64,16 +65,6 @@ class TFLiteExport:
 
     def __fspath__(self) -> str:
         return str(self.path)
-
-
-def _tensors(obj: Any) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for item in obj for t in _tensors(item)]
-    if isinstance(obj, dict):
-        return [t for v in obj.values() for t in _tensors(v)]
-    return []
 
 
 def _to_nhwc(t: torch.Tensor) -> torch.Tensor:
@@ -133,8 +124,8 @@ def _output_scale(path: Path) -> float | None:
 @contextlib.contextmanager
 def _quiet() -> Any:
     """litert-torch and the quantizer print progress bars and reports; keep them off stdout."""
-    import io
     import contextlib as cl
+    import io
 
     with cl.redirect_stdout(io.StringIO()):
         yield
@@ -178,7 +169,6 @@ def to_tflite(
         raise FoldError(f"quantize must be None (float32) or 'int8', got {quantize!r}")
     if not isinstance(model, nn.Module):
         raise FoldError(f"to_tflite converts an nn.Module, got {type(model).__name__}")
-    import numpy as np
     import litert_torch
 
     from .export import _frozen
@@ -196,7 +186,7 @@ def to_tflite(
 
             stack.enter_context(lowered_rearrangements(lowering, exporter="tflite"))
         with torch.no_grad():
-            expected = _tensors(model(*args))
+            expected = flatten_outputs(model(*args))
         in_idx = [k for k, a in enumerate(args) if isinstance(a, torch.Tensor) and a.dim() >= 3] if nhwc_io else []
         out_idx = [k for k, t in enumerate(expected) if t.dim() >= 3] if nhwc_io else []
         wrapped: nn.Module = model

@@ -9,15 +9,43 @@ import onnx
 
 from pixelfold.errors import FoldError
 from pixelfold.onnx import graph, verify
-from pixelfold.onnx.fold import fold_conv
+from pixelfold.onnx.patterns import PATTERNS, Pattern
 from pixelfold.rewrite import LayerChange, RewriteReport
 
+#: the default transforms (the ``no_stride`` profile)
 TRANSFORMS = ("fold",)
 
 
 def _describe(node: onnx.NodeProto) -> str:
     a = graph.attrs(node)
-    return f"{node.op_type} s{a.get('strides', [1, 1])} g{a.get('group', 1)}"
+    if node.op_type in ("Conv", "ConvTranspose"):
+        return f"{node.op_type} s{a.get('strides', [1, 1])} g{a.get('group', 1)}"
+    return node.op_type + "".join(f" {k}={v.decode() if isinstance(v, bytes) else v}" for k, v in sorted(a.items()))
+
+
+def _try(cur: onnx.ModelProto, idx: int, pattern: Pattern, entry: LayerChange) -> onnx.ModelProto:
+    """Apply ``pattern`` at node ``idx`` to a copy of ``cur``, verify it; the new model or ``cur`` (reverted)."""
+    cand = copy.deepcopy(cur)
+    try:
+        splice = pattern.build(cand, idx, graph.static_shapes(cur))
+        splice.apply(cand)
+        graph.prune_initializers(cand)
+        onnx.shape_inference.infer_shapes(cand, check_type=True, strict_mode=True)
+        err, scale = verify.max_error(cur, cand)
+    except FoldError as e:
+        entry.status, entry.reason = "skipped", str(e)
+        return cur
+    except Exception as e:  # fail closed: anything the checker/runtime says reverts the rewrite
+        entry.status, entry.reason = "failed", f"{pattern.name}: {type(e).__name__}: {e}"[:300]
+        return cur
+    tol = verify.tolerance(scale)
+    entry.max_error, entry.tolerance, entry.transform = err, tol, pattern.name
+    entry.after = " → ".join(n.op_type for n in splice.nodes)
+    if err <= tol:
+        entry.status, entry.reason = "changed", ""
+        return cand
+    entry.status, entry.reason = "failed", f"{pattern.name}: max |Δ| {err:.3g} > tolerance {tol:.3g}; reverted"
+    return cur
 
 
 def rewrite_onnx(model: onnx.ModelProto, transforms: tuple[str, ...] = TRANSFORMS) -> tuple[onnx.ModelProto, RewriteReport]:
@@ -39,52 +67,29 @@ def rewrite_onnx(model: onnx.ModelProto, transforms: tuple[str, ...] = TRANSFORM
     >>> [n.op_type for n in new.graph.node]
     ['Pad', 'SpaceToDepth', 'Conv']
     """
-    unknown = set(transforms) - set(TRANSFORMS)
+    unknown = set(transforms) - set(PATTERNS)
     if unknown:
-        raise FoldError(f"unknown ONNX transform(s) {sorted(unknown)}; available: {list(TRANSFORMS)}")
+        raise FoldError(f"unknown ONNX transform(s) {sorted(unknown)}; available: {list(PATTERNS)}")
     graph.check_opset(model)
     t0 = time.perf_counter()
     cur = copy.deepcopy(model)
     report = RewriteReport(rules=",".join(transforms), verified_on="onnxruntime CPU, random inputs")
+    chosen = [PATTERNS[t] for t in transforms]
     names = [n.name or f"node{i}" for i, n in enumerate(cur.graph.node)]
     for name in names:
         idx = next((i for i, n in enumerate(cur.graph.node) if (n.name or f"node{i}") == name), None)
         if idx is None:
             continue
         node = cur.graph.node[idx]
-        if node.op_type != "Conv":
+        todo = [p for p in chosen if node.op_type in p.anchors]
+        if not todo:
             continue
-        strides = list(graph.attrs(node).get("strides", [1, 1]))
-        entry = LayerChange(path=name, type="Conv", before=_describe(node))
+        entry = LayerChange(path=name, type=node.op_type, before=_describe(node))
         report.entries.append(entry)
-        if max(strides) < 2:
-            continue
-        shapes = graph.static_shapes(cur)
-        if node.input[0] not in shapes:
-            entry.status, entry.reason = "skipped", "input shape is not static; fold needs it"
-            continue
-        cand = copy.deepcopy(cur)
-        try:
-            new_nodes = fold_conv(cand, cand.graph.node[idx], shapes[node.input[0]])
-            del cand.graph.node[idx]
-            for j, n in enumerate(new_nodes):
-                cand.graph.node.insert(idx + j, n)
-            graph.prune_initializers(cand)
-            onnx.shape_inference.infer_shapes(cand, check_type=True, strict_mode=True)
-            err, scale = verify.max_error(cur, cand)
-        except FoldError as e:
-            entry.status, entry.reason = "skipped", str(e)
-            continue
-        except Exception as e:  # fail closed: anything the checker/runtime says reverts the rewrite
-            entry.status, entry.reason = "failed", f"{type(e).__name__}: {e}"[:300]
-            continue
-        tol = verify.tolerance(scale)
-        entry.max_error, entry.tolerance, entry.transform = err, tol, "fold"
-        entry.after = " → ".join(n.op_type for n in new_nodes)
-        if err <= tol:
-            entry.status, cur = "changed", cand
-        else:
-            entry.status, entry.reason = "failed", f"max |Δ| {err:.3g} > tolerance {tol:.3g}; reverted"
+        for pattern in (p for p in todo if p.applies(node)):
+            cur = _try(cur, idx, pattern, entry)
+            if entry.status == "changed":
+                break
     if report.changed:
         report.end_to_end_error, scale = verify.max_error(model, cur, seed=1)
         report.end_to_end_tolerance, report.end_to_end_scale = verify.tolerance(scale), scale

@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper
 
 from pixelfold.errors import FoldError
 from pixelfold.onnx.graph import attrs, const, fresh
+from pixelfold.onnx.patterns import Pattern, Splice, register
 from pixelfold.spec import ConvSpec
 from pixelfold.transforms import to_depth_weight
 
@@ -95,3 +96,17 @@ def fold_conv(model: onnx.ModelProto, node: onnx.NodeProto, in_shape: list[int])
     nodes.append(helper.make_node("Conv", inputs, list(node.output), name=node.name or fresh(model, "Conv"),
                                   kernel_shape=list(new.kernel), group=g))
     return nodes
+
+
+def _build(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
+    node = model.graph.node[idx]
+    if node.input[0] not in shapes:
+        raise FoldError("input shape is not static; fold needs it")
+    return Splice(remove=[idx], nodes=fold_conv(model, node, shapes[node.input[0]]))
+
+
+def _strided(node: onnx.NodeProto) -> bool:
+    return max(attrs(node).get("strides", [1, 1])) >= 2
+
+
+register(Pattern("fold", ("Conv",), _build, "strided Conv -> [Pad] [Slice] SpaceToDepth Conv(stride 1)", _strided))

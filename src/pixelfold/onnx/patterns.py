@@ -1,0 +1,67 @@
+"""The one registry of ONNX rewrites: transform name -> :class:`Pattern` (anchor op types + builder).
+
+A builder gets a *copy* of the model, the index of the anchor node and the static shapes, and returns a
+:class:`Splice`: which node indices to remove, where to insert, the new nodes. It may add initializers to
+the copy (unused ones are pruned afterwards). It raises :class:`~pixelfold.errors.FoldError` with the
+reason when the pattern does not apply (reported ``skipped``); the caller verifies every splice (fail
+closed). New transforms register here with :func:`register`; :mod:`pixelfold.onnx.api` asks only this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import onnx
+
+
+@dataclass
+class Splice:
+    """Replace the nodes at ``remove`` (indices into ``graph.node``) by ``nodes``, inserted at ``at``.
+
+    ``at`` indexes the graph *after* the removals; by default it is the position of the first removed node.
+    """
+
+    remove: list[int]
+    nodes: list[onnx.NodeProto]
+    at: int | None = None
+
+    def apply(self, model: onnx.ModelProto) -> None:
+        """Splice (in place) into ``model.graph.node``."""
+        at = min(self.remove) if self.at is None else self.at
+        for i in sorted(self.remove, reverse=True):
+            del model.graph.node[i]
+        for j, n in enumerate(self.nodes):
+            model.graph.node.insert(at + j, n)
+
+
+Builder = Callable[[onnx.ModelProto, int, dict], Splice]
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One ONNX rewrite: the op types it anchors on, its builder, and whether it changes stride-1 nodes."""
+
+    name: str
+    anchors: tuple[str, ...]
+    build: Builder
+    doc: str = ""
+    applies: Callable[[onnx.NodeProto], bool] = field(default=lambda node: True)
+
+
+PATTERNS: dict[str, Pattern] = {}
+
+
+def register(pattern: Pattern) -> Pattern:
+    """Add ``pattern`` to :data:`PATTERNS` (names are unique)."""
+    if pattern.name in PATTERNS:
+        raise ValueError(f"ONNX pattern {pattern.name!r} is registered twice")
+    PATTERNS[pattern.name] = pattern
+    return pattern
+
+
+def _load_builtin() -> None:
+    from pixelfold.onnx import fold  # noqa: F401  (registers "fold")
+
+
+_load_builtin()

@@ -163,8 +163,13 @@ CASES = [
      "merge"),  # no space-to-depth runs on rk3568's NPU: merged into the conv
     (lambda: nn.ConvTranspose2d(8, 8, 3, stride=3), (1, 8, 16, 16), "rv1106", None),
     (lambda: nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.PixelShuffle(2)), (1, 8, 16, 16), "rv1106", None),
+    # litert-torch writes torch's PixelShuffle as a rank-6 transpose: in Vela's size rule at 16², out of it at 128²
     (lambda: nn.Sequential(nn.Conv2d(8, 27, 3, padding=1), nn.PixelShuffle(3)), (1, 8, 16, 16), "ethos-u55-128",
+     None),
+    (lambda: nn.Sequential(nn.Conv2d(8, 256, 3, padding=1), nn.PixelShuffle(2)), (1, 8, 128, 128), "ethos-u55-128",
      "reorder"),
+    (lambda: nn.Sequential(nn.Conv2d(8, 256, 3, padding=1), nn.PixelShuffle(2)), (1, 8, 128, 128), "ethos-u85-256",
+     None),
     (lambda: nn.Sequential(nn.Conv2d(8, 27, 3, padding=1), nn.PixelShuffle(3)), (1, 8, 16, 16), "nnapi", "reorder"),
     (lambda: nn.PixelShuffle(3), (1, 27, 16, 16), "dla", "onehot"),
     (lambda: nn.Conv2d(3, 16, 8, stride=8), (1, 3, 64, 64), "tidl", "fold"),
@@ -211,7 +216,7 @@ class _SR(nn.Module):  # an ESPCN-like net with a k7/s4 stem and a stride-4 deco
 
 
 @pytest.mark.parametrize("target, changed", [
-    ("ethos-u55-128", {"stem", "up", "tail.0+tail.1"}),
+    ("ethos-u55-128", {"stem", "up"}),  # the PixelShuffle(3) at 32² is within Vela's transpose size rule
     ("rk3588", {"tail.0+tail.1"}),
     ("onnxruntime", set()),
 ])
@@ -321,3 +326,32 @@ def test_tune_for_a_judged_target_without_its_environment_says_how_to_build_it(m
                          "(its judge environment is missing (build it with make npu-env))")
     assert ("tune: ethos-u55-128: its judge environment is missing (build it with make npu-env); "
             "choosing by the target's constraints and MACs instead") in capsys.readouterr().err
+
+
+def test_vela_transpose_size_rule_is_what_rejects_torchs_pixel_shuffle():
+    """Vela's rule is about sizes, not ranks: a rank-6 transpose runs while every product of 4 axes ≤ 2^16."""
+    t = targets.get("ethos-u55-128")
+    unit = nn.Sequential(nn.Conv2d(8, 256, 3, padding=1), nn.PixelShuffle(2))
+    d = solve(unit, t, (1, 8, 128, 128))
+    assert [v.message for v in d.original_violations] == [t.constraints[2].message]
+    assert "Product of any N-2 axes" in d.original_violations[0].message
+    core = [o for o in expand(forms.original_ops(unit, (1, 8, 128, 128)), t) if o.kind == "transpose"]
+    # litert-torch's TRANSPOSE of (N·C, 2, 2, H·W) = (64, 2, 2, 16384): Vela says "has shape out of range"
+    assert [o.rank for o in core] == [4] and core[0].attrs()["axes_product"] == 64 * 128 * 128
+    assert not solve(unit, t, (1, 8, 8, 8)).original_violations  # 64·8·8 = 4096: on the NPU
+    # measured with Vela 5.2 (U55), TRANSPOSE shapes from its reports: (16, 2, 2, 96·40) and (1, 3, 3, 256²) run,
+    # (128, 2, 2, 64²) does not; PixelUnshuffle: (64, 2, 32², 2) runs, (8, 2, 128², 2) does not
+    for shape, r, c, ok in (((1, 8, 96, 40), 2, 64, True), ((1, 8, 256, 256), 3, 9, True),
+                            ((2, 8, 64, 64), 2, 256, False)):
+        u = nn.Sequential(nn.Conv2d(8, c, 3, padding=1), nn.PixelShuffle(r))
+        assert (not solve(u, t, shape).original_violations) == ok, (shape, c)
+    for shape, ok in (((1, 64, 64, 64), True), ((1, 8, 256, 256), False)):
+        u = nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(shape[1] * 4, 8, 3, padding=1))
+        assert (not solve(u, t, shape).original_violations) == ok, shape
+
+
+def test_torch_lowering_is_validated():
+    from pixelfold.targets.model import Target
+
+    with pytest.raises(FoldError, match="torch_lowering 'rank6' is not one of \\('native', 'litert'\\)"):
+        Target.from_dict({"name": "x", "torch_lowering": "rank6"})

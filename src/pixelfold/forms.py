@@ -244,7 +244,7 @@ def _lone_options(module: nn.Module, spec: ConvSpec | None, shape: Shape = None)
 
 def _rearrange_ops(module: nn.Module, spec: ConvSpec | None, opts: Options, shape: Shape = None) -> list[Op]:
     op = _lone_op(module, shape)
-    return [Op(op.kind, block=op.block, order=op.order, channels=op.channels)]
+    return [Op(op.kind, block=op.block, order=op.order, channels=op.channels, grid=op.grid)]
 
 
 def _build_rearrange(module: nn.Module, opts: Options) -> nn.Module:
@@ -272,7 +272,7 @@ def _pair_rearrange_options(module: nn.Module, spec: ConvSpec | None, shape: Sha
 
 def _pair_rearrange_ops(module: nn.Module, spec: ConvSpec | None, opts: Options, shape: Shape = None) -> list[Op]:
     ops = original_ops(module, shape)
-    return [Op(o.kind, block=o.block, order=opts["order"], channels=o.channels)
+    return [Op(o.kind, block=o.block, order=opts["order"], channels=o.channels, grid=o.grid)
             if o.kind in ("space_to_depth", "depth_to_space") else o for o in ops]
 
 
@@ -375,28 +375,43 @@ FORMS: dict[str, FormDef] = {
 
 #: How pixelfold writes its rearrangements for a target (the styles of :mod:`pixelfold.judges.lowering`).
 LOWERINGS = ("native", "reshape6", "rank4", "rank4_nchw")
+#: What a converter makes of torch's own ``nn.PixelShuffle``/``nn.PixelUnshuffle`` (a target's ``torch_lowering``):
+#: ``native`` (torch.onnx: one DepthToSpace/SpaceToDepth) or ``litert`` (litert-torch 0.10: Reshape → one rank-4
+#: Transpose of ``(N·C, b_1, b_2, H·W)`` (``H, W`` on the depth side) → Reshape, read from Vela's reports).
+TORCH_LOWERINGS = ("native", "litert")
 
 
-def lowered(op: Op, style: str) -> list[Op]:
+def lowered(op: Op, style: str, torch_style: str = "native") -> list[Op]:
     """The operators a rearrangement becomes when pixelfold emits it in ``style`` (other ops: themselves).
 
     ``native``: one ``SpaceToDepth``/``DepthToSpace``; ``reshape6``: Reshape → Transpose → Reshape of rank
     ``2·dims + 2`` (pixelfold's default); ``rank4``/``rank4_nchw``: only tensors of rank ≤ 4 (what NPUs take),
     one round for ``dcr``/``focus`` and a second transpose for ``crd`` (the channel/phase swap). The lowered
     ops keep the rearrangement's ``block``, ``order`` and ``channels``, so a target can refuse, say, the
-    transposes of a ``crd`` shuffle. torch's own ``PixelShuffle``/``PixelUnshuffle`` are always native.
+    transposes of a ``crd`` shuffle, and their ``grid`` (sizes, for a size rule). torch's own
+    ``PixelShuffle``/``PixelUnshuffle`` are lowered in ``torch_style`` (what the target's converter makes
+    of them: ``native`` for torch.onnx, ``reshape6`` for litert-torch).
 
     >>> [str(o) for o in lowered(Op("depth_to_space", block=(2, 2), order="crd"), "rank4")]
     ['reshape 2×2 crd rank 4', 'transpose 2×2 crd rank 4', 'reshape 2×2 crd rank 4', 'transpose 2×2 crd rank 4', 'reshape 2×2 crd rank 4']
     """
     if style not in LOWERINGS:
         raise FoldError(f"lowering {style!r} is not one of {LOWERINGS}")
-    if op.kind not in ("space_to_depth", "depth_to_space") or op.note == "torch" or style == "native":
+    if torch_style not in TORCH_LOWERINGS:
+        raise FoldError(f"torch lowering {torch_style!r} is not one of {TORCH_LOWERINGS}")
+    if op.note == "torch":
+        style = torch_style
+    if op.kind not in ("space_to_depth", "depth_to_space") or style == "native":
         return [op]
     n = len(op.block or (1, 1))
 
-    def low(kind: str, rank: int) -> Op:
-        return Op(kind, block=op.block, order=op.order, channels=op.channels, rank=rank, note=f"lowered {op.kind}")
+    def low(kind: str, rank: int, by: str = "") -> Op:
+        return Op(kind, block=op.block, order=op.order, channels=op.channels, rank=rank, grid=op.grid,
+                  note=f"lowered {op.kind}{by}")
+
+    if style == "litert":
+        return [low("reshape", 4, " by litert-torch"), low("transpose", 4, " by litert-torch"),
+                low("reshape", 4, " by litert-torch")]
 
     if style == "reshape6":
         return [low("reshape", 2 * n + 2), low("transpose", 2 * n + 2), low("reshape", n + 2)]

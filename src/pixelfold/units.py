@@ -24,7 +24,10 @@ class Op:
     ``kind`` is ``conv``, ``conv_transpose``, ``space_to_depth``, ``depth_to_space``, ``pad``,
     ``strided_slice``, ``slice``, ``concat``, ``matmul``, ``transpose``, ``reshape``. Convs carry their
     :class:`ConvSpec`; rearrangements their ``block``, ``order`` and ``channels`` (the channels of the
-    spatial side); the rest what a constraint can ask of them (``rank``, ``mode``, ``strides``).
+    spatial side) and, where the input shape is known, ``grid``: the batch and the spatial sizes on the
+    *depth* side (``(N, H/b_1, W/b_2)``); the rest what a constraint can ask of them (``rank``, ``mode``,
+    ``strides``). A lowered transpose with a known size has ``axes_product``: the largest product of
+    ``rank - 2`` of its axes (Vela's TRANSPOSE size rule).
     """
 
     kind: str
@@ -35,6 +38,7 @@ class Op:
     rank: int | None = None
     mode: str | None = None
     strides: tuple[int, ...] | None = None
+    grid: tuple[int, ...] | None = None
     note: str = ""
 
     def attrs(self) -> dict[str, Any]:
@@ -55,6 +59,8 @@ class Op:
                 out[name] = v
         if self.block is not None:
             out["dims"] = len(self.block)
+        if self.kind == "transpose" and self.note.startswith("lowered"):
+            out["axes_product"] = transpose_axes_product(self)
         return out
 
     def __str__(self) -> str:
@@ -72,6 +78,59 @@ class Op:
         if self.strides is not None:
             parts.append("stride " + "×".join(map(str, self.strides)))
         return " ".join(parts)
+
+
+def transpose_axes(op: Op) -> tuple[int, ...] | None:
+    """The axis sizes of the core transpose of a lowered rearrangement (``None`` where the size is unknown).
+
+    ``reshape6`` (rank ``2n + 2``): ``N, C, H/b_1, b_1, W/b_2, b_2``; ``rank4`` (2-D): ``N·H/b_1, b_1, W/b_2,
+    b_2·C``; litert-torch's writing of torch's PixelShuffle/PixelUnshuffle: ``N·C, b_1, b_2, H/b_1·W/b_2``
+    (measured from Vela's reports). ``C`` is the spatial side's channels, ``H, W`` the spatial side's size.
+
+    >>> transpose_axes(Op("transpose", block=(2, 2), channels=64, rank=4, grid=(2, 64, 64),
+    ...                   note="lowered depth_to_space by litert-torch"))
+    (128, 2, 2, 4096)
+    """
+    if op.grid is None or op.channels is None or op.block is None or op.rank is None:
+        return None
+    n, small, block = op.grid[0], op.grid[1:], op.block
+    if op.note.endswith("by litert-torch"):
+        return (n * op.channels, *block, math.prod(small))
+    if op.rank == 2 * len(block) + 2:
+        return (n, op.channels, *(v for pair in zip(small, block) for v in pair))
+    if len(block) == 2 and op.rank == 4:
+        return (n * small[0], block[0], small[1], block[1] * op.channels)
+    return None
+
+
+def transpose_axes_product(op: Op) -> int | None:
+    """What Vela's TRANSPOSE size rule bounds (≤ 2^16 on U55/U65): the largest product of ``rank - 2`` axes,
+    leading axes of size 1 dropped first (Vela's "all axes outside H/W/C equal to 1" case: a ``1×3×3×65536``
+    transpose runs on U55, measured).
+
+    Unknown sizes: ``0`` (presumed in range) for rank ≤ 4, as measured at every size tried, and ``None``
+    (out of range: a ``require`` fails) above rank 4.
+
+    >>> transpose_axes_product(Op("transpose", block=(2, 2), channels=64, rank=6, grid=(1, 128, 128), note="lowered"))
+    1048576
+    >>> transpose_axes_product(Op("transpose", block=(2, 2), rank=6, note="lowered")) is None
+    True
+    """
+    axes = transpose_axes(op)
+    if axes is None:
+        return 0 if (op.rank or 0) <= 4 else None
+    axes = list(axes)
+    while len(axes) > 3 and axes[0] == 1:
+        axes.pop(0)
+    return math.prod(sorted(axes)[2:]) if len(axes) > 2 else max(axes)
+
+
+def _grid(shape: Shape, block: tuple[int, ...], depth_side: bool) -> tuple[int, ...] | None:
+    """``(N, *spatial)`` on the depth side of a rearrangement whose input has ``shape``."""
+    if shape is None or len(shape) != len(block) + 2:
+        return None
+    spatial = shape[2:] if depth_side else tuple(s // b for s, b in zip(shape[2:], block))
+    return (shape[0], *spatial)
 
 
 def _conv(spec: ConvSpec) -> Op:
@@ -165,13 +224,17 @@ def original_ops(module: nn.Module, shape: Shape = None) -> list[Op]:
             R = math.prod(block)
             return [*(Op("strided_slice", strides=block) for _ in range(R)), Op("concat"), _conv(spec)]
         torch_op = "torch" if isinstance(step, nn.PixelUnshuffle) else ""
-        return [Op("space_to_depth", block=block, order=order, channels=C, note=torch_op), _conv(spec)]
+        return [Op("space_to_depth", block=block, order=order, channels=C, grid=_grid(shape, block, False),
+                   note=torch_op), _conv(spec)]
     if kind == "conv+d2s":
         spec = ConvSpec.from_module(module[0])
         block, order = _block_of(module[1], spec.dims)
         torch_op = "torch" if isinstance(module[1], nn.PixelShuffle) else ""
+        grid = None
+        if shape is not None and len(shape) == spec.dims + 2:
+            grid = (shape[0], *spec.output_size(shape[2:]))
         return [_conv(spec), Op("depth_to_space", block=block, order=order,
-                                channels=spec.out_channels // math.prod(block), note=torch_op)]
+                                channels=spec.out_channels // math.prod(block), grid=grid, note=torch_op)]
     r = rearrangement_of(module)
     if r is not None:
         return [_lone_op(module, shape)]
@@ -188,4 +251,5 @@ def _lone_op(module: nn.Module, shape: Shape) -> Op:
         channels = shape[1] if kind == "space_to_depth" else shape[1] // math.prod(b)
     # nn.PixelShuffle/PixelUnshuffle are exported by torch itself (natively); pixelfold's follow the target's lowering
     torch_op = isinstance(module, (nn.PixelShuffle, nn.PixelUnshuffle))
-    return Op(kind, block=b, order=order, channels=channels, note="torch" if torch_op else "")
+    return Op(kind, block=b, order=order, channels=channels, grid=_grid(shape, b, kind == "depth_to_space"),
+              note="torch" if torch_op else "")

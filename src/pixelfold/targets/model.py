@@ -185,7 +185,13 @@ class Violation:
 
 @dataclass
 class Target:
-    """A named NPU (or runtime): its constraints, how pixelfold emits rearrangements for it, its judge."""
+    """A named NPU (or runtime): its constraints, how pixelfold emits rearrangements for it, its judge.
+
+    ``lowering`` is how pixelfold writes *its own* rearrangements for the target; ``torch_lowering`` is what
+    the target's converter makes of torch's ``nn.PixelShuffle``/``nn.PixelUnshuffle`` (``native``: one
+    DepthToSpace/SpaceToDepth, as torch.onnx exports them; ``litert``: Reshape → one rank-4 Transpose →
+    Reshape, as litert-torch decomposes them for TFLite): :data:`pixelfold.forms.TORCH_LOWERINGS`.
+    """
 
     name: str
     constraints: list[Constraint] = field(default_factory=list)
@@ -196,27 +202,30 @@ class Target:
     judge_options: dict[str, Any] = field(default_factory=dict)
     judged: bool = False
     notes: list[str] = field(default_factory=list)
+    torch_lowering: str = "native"
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "target") -> "Target":
-        known = {"name", "description", "sources", "lowering", "judge", "judge_options", "judged", "notes",
-                 "constraints"}
+        known = {"name", "description", "sources", "lowering", "torch_lowering", "judge", "judge_options", "judged",
+                 "notes", "constraints"}
         unknown = set(data) - known
         if unknown:
             raise FoldError(f"{where}: unknown keys {sorted(unknown)}; a target has {sorted(known)}")
         if not isinstance(data.get("name"), str) or not data["name"]:
             raise FoldError(f"{where}: a target needs a 'name'")
-        from ..forms import LOWERINGS
+        from ..forms import LOWERINGS, TORCH_LOWERINGS
 
-        if data.get("lowering", "native") not in LOWERINGS:
-            raise FoldError(f"{where}: lowering {data.get('lowering')!r} is not one of {LOWERINGS}")
+        for key, allowed in (("lowering", LOWERINGS), ("torch_lowering", TORCH_LOWERINGS)):
+            if data.get(key, "native") not in allowed:
+                raise FoldError(f"{where}: {key} {data.get(key)!r} is not one of {allowed}")
         raw = data.get("constraints", [])
         if not isinstance(raw, list):
             raise FoldError(f"{where}: 'constraints' must be a list of tables")
         constraints = [Constraint.from_dict(c, f"{where} constraint {i + 1}") for i, c in enumerate(raw)]
         return cls(data["name"], constraints, str(data.get("description", "")), list(data.get("sources", [])),
                    data.get("lowering", "native"), data.get("judge"), dict(data.get("judge_options", {})),
-                   bool(data.get("judged", False)), list(data.get("notes", [])))
+                   bool(data.get("judged", False)), list(data.get("notes", [])),
+                   data.get("torch_lowering", "native"))
 
     @classmethod
     def load(cls, path: str | Path) -> "Target":

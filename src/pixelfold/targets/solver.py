@@ -48,7 +48,8 @@ class Decision:
 
 def expand(ops: Sequence[forms.Op], target: Target) -> list[forms.Op]:
     """The operators as the target's compiler sees them: pixelfold's rearrangements in the target's lowering."""
-    return [low for op in ops for low in forms.lowered(op, target.lowering)]
+    torch_style = getattr(target, "torch_lowering", "native")
+    return [low for op in ops for low in forms.lowered(op, target.lowering, torch_style)]
 
 
 def macs_of(module: nn.Module, input_shape: Sequence[int] | None) -> float:

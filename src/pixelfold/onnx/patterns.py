@@ -62,6 +62,7 @@ def register(pattern: Pattern) -> Pattern:
 
 def _load_builtin() -> None:
     from pixelfold.onnx import fold  # noqa: F401  (registers "fold")
+    from pixelfold.onnx import transposed  # noqa: F401  (registers "transposed")
 
 
 _load_builtin()

@@ -1,0 +1,110 @@
+"""Small graph queries and node builders shared by the layout patterns (transposed, subpixel, onehot, merge).
+
+Kept apart from :mod:`pixelfold.onnx.graph` so that the patterns can grow without touching the core
+helpers; nothing here does weight arithmetic.
+
+>>> from onnx import helper
+>>> g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Neg", ["y"], ["z"])], "g", [], [])
+>>> m = helper.make_model(g)
+>>> producer(m, "y"), consumers(m, "y"), producer(m, "x")
+(0, [1], None)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from pixelfold.errors import FoldError
+from pixelfold.onnx.graph import const, fresh
+
+
+def producer(model: onnx.ModelProto, name: str) -> int | None:
+    """Index of the node that outputs ``name`` (None for graph inputs and initializers)."""
+    return next((i for i, n in enumerate(model.graph.node) if name in n.output), None)
+
+
+def consumers(model: onnx.ModelProto, name: str) -> list[int]:
+    """Indices of the nodes that read ``name`` (a node reading it twice is listed once)."""
+    return [i for i, n in enumerate(model.graph.node) if name in n.input]
+
+
+def sole_consumer(model: onnx.ModelProto, name: str, what: str) -> int:
+    """The index of the only node reading ``name``; :class:`FoldError` if it has others or is a graph output."""
+    if name in {o.name for o in model.graph.output}:
+        raise FoldError(f"{what}: {name!r} is also a graph output, so it must stay; the pair is kept")
+    uses = consumers(model, name)
+    if len(uses) != 1:
+        raise FoldError(f"{what}: {name!r} has {len(uses)} consumers; the pair can be fused only when it has exactly 1")
+    return uses[0]
+
+
+def text(value: object, default: str) -> str:
+    """A string attribute as ``str`` (ONNX stores them as bytes)."""
+    if value is None:
+        return default
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def elem_dtype(model: onnx.ModelProto, name: str) -> np.dtype:
+    """NumPy dtype of value ``name`` (from shape inference); float32 when unknown."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    g = inferred.graph
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        if vi.name == name and vi.type.tensor_type.elem_type:
+            return helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+    return np.dtype(np.float32)
+
+
+def conv_weights(model: onnx.ModelProto, node: onnx.NodeProto, what: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(weight, bias or None)`` of a Conv/ConvTranspose; :class:`FoldError` unless both are initializers."""
+    w = const(model, node.input[1])
+    if w is None:
+        raise FoldError(f"{what}: the weight {node.input[1]!r} is not an initializer; constant weights are needed")
+    if w.ndim != 4:
+        raise FoldError(f"{what}: handles 2-D convs (rank-4 weight); this weight has rank {w.ndim}")
+    b = None
+    if len(node.input) > 2 and node.input[2]:
+        b = const(model, node.input[2])
+        if b is None:
+            raise FoldError(f"{what}: the bias {node.input[2]!r} is not an initializer; constant biases are needed")
+    return w, b
+
+
+def static_shape(shapes: dict, name: str, what: str, rank: int = 4) -> list[int]:
+    """The static shape of ``name``; :class:`FoldError` if it is dynamic or not of ``rank``."""
+    if name not in shapes:
+        raise FoldError(f"{what}: the shape of {name!r} is not static; it is needed to build the weights")
+    s = shapes[name]
+    if len(s) != rank:
+        raise FoldError(f"{what}: handles rank-{rank} tensors (2-D); {name!r} has rank {len(s)}")
+    return s
+
+
+def init(model: onnx.ModelProto, array: np.ndarray, base: str) -> str:
+    """Add ``array`` as a fresh initializer; its name."""
+    name = fresh(model, base)
+    model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+    return name
+
+
+def pad_or_slice(model: onnx.ModelProto, x: str, shape: list[int], lo: list[int], hi: list[int],
+                 base: str) -> tuple[str, list[onnx.NodeProto]]:
+    """Nodes padding (positive) or cropping (negative) H and W of ``x`` by ``lo``/``hi``; the new value name."""
+    nodes: list[onnx.NodeProto] = []
+    if any(v < 0 for v in lo + hi):
+        start = [max(-v, 0) for v in lo]
+        stop = [shape[2 + i] - max(-hi[i], 0) for i in range(2)]
+        names = [init(model, np.array(v, np.int64), base + n) for v, n in ((start, "_st"), (stop, "_en"), ([2, 3], "_ax"))]
+        y = fresh(model, base + "_cut")
+        nodes.append(helper.make_node("Slice", [x, *names], [y], name=fresh(model, base + "_Slice")))
+        x = y
+    if any(v > 0 for v in lo + hi):
+        p = init(model, np.array([0, 0, max(lo[0], 0), max(lo[1], 0), 0, 0, max(hi[0], 0), max(hi[1], 0)], np.int64),
+                 base + "_pads")
+        y = fresh(model, base + "_padded")
+        nodes.append(helper.make_node("Pad", [x, p], [y], name=fresh(model, base + "_Pad"), mode="constant"))
+        x = y
+    return x, nodes
+

@@ -63,6 +63,7 @@ def register(pattern: Pattern) -> Pattern:
 def _load_builtin() -> None:
     from pixelfold.onnx import fold  # noqa: F401  (registers "fold")
     from pixelfold.onnx import transposed  # noqa: F401  (registers "transposed")
+    from pixelfold.onnx import subpixel  # noqa: F401  (registers "subpixel", "subpixel_crd")
 
 
 _load_builtin()

@@ -64,6 +64,7 @@ def _load_builtin() -> None:
     from pixelfold.onnx import fold  # noqa: F401  (registers "fold")
     from pixelfold.onnx import transposed  # noqa: F401  (registers "transposed")
     from pixelfold.onnx import subpixel  # noqa: F401  (registers "subpixel", "subpixel_crd")
+    from pixelfold.onnx import onehot  # noqa: F401  (registers "onehot_s2d", "onehot_d2s")
 
 
 _load_builtin()

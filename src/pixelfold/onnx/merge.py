@@ -1,0 +1,76 @@
+"""SpaceToDepth(b) -> Conv => one Conv with stride ``s*b`` on the original input: the ``merge`` pattern.
+
+What YOLOv5 did to its Focus layer, on an ONNX graph: the weight is
+:func:`pixelfold.transforms.to_space_weight` in order ``"dcr"`` (ONNX SpaceToDepth's only order), kernel
+``E*b`` (``E`` the dense kernel extent: dilation is written out), stride ``s*b``, each pad ``p*b``
+(asymmetric pads and ``auto_pad`` too: ONNX Conv pads each side on its own). A grouped conv is
+written out densely first (zeros between groups) and split back into as many groups as its zeros allow,
+as :func:`pixelfold.merge` does (DCR mixes the groups' channels, so usually ``groups=1``).
+
+Applies when the SpaceToDepth output feeds only that Conv (as its data input), the weight is constant,
+the input shape is static and divisible by the block. Anchored on the SpaceToDepth, so that a profile
+can try ``merge`` before ``onehot_s2d`` on the same node.
+
+>>> from pixelfold.onnx.patterns import PATTERNS
+>>> PATTERNS["merge"].anchors
+('SpaceToDepth',)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper
+
+from pixelfold.errors import FoldError
+from pixelfold.onnx.fold import conv_pads
+from pixelfold.onnx.graph import attrs, const, fresh
+from pixelfold.onnx.nodes import init, sole_consumer, static_shape
+from pixelfold.onnx.patterns import Pattern, Splice, register
+from pixelfold.probe import _regroup
+from pixelfold.spec import ConvSpec
+from pixelfold.transforms import to_space_weight
+
+#: the channel order of ONNX SpaceToDepth
+S2D_ORDER = "dcr"
+
+
+def _build(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
+    s2d = model.graph.node[idx]
+    b = int(attrs(s2d)["blocksize"])
+    ci = sole_consumer(model, s2d.output[0], "merge")
+    conv = model.graph.node[ci]
+    if conv.op_type != "Conv" or conv.input[0] != s2d.output[0] or list(conv.input).count(s2d.output[0]) != 1:
+        raise FoldError(f"merge: the SpaceToDepth output feeds a {conv.op_type} (not as the data input of a Conv)")
+    N, C, H, W = static_shape(shapes, s2d.input[0], "merge")
+    if H % b or W % b:
+        raise FoldError(f"merge: spatial size {H}x{W} is not divisible by blocksize {b}")
+    deep = static_shape(shapes, s2d.output[0], "merge")
+    w = const(model, conv.input[1])
+    if w is None or w.ndim != 4:
+        raise FoldError(f"merge: the weight {conv.input[1]!r} is not a constant rank-4 initializer")
+    a = attrs(conv)
+    k = list(w.shape[2:])
+    s = list(a.get("strides", [1, 1]))
+    d = list(a.get("dilations", [1, 1]))
+    g = int(a.get("group", 1))
+    pads = conv_pads(conv, deep[2:], k, s, d)
+    O, Cg = w.shape[:2]
+    index = torch.arange(1, w.size + 1, dtype=torch.long).reshape(w.shape)
+    dense = torch.zeros(O, Cg * g, *k, dtype=torch.long)
+    for j in range(g):
+        dense[j * O // g:(j + 1) * O // g, j * Cg:(j + 1) * Cg] = index[j * O // g:(j + 1) * O // g]
+    spec = ConvSpec(Cg * g, O, tuple(k), tuple(s), ((pads[0], pads[2]), (pads[1], pads[3])), tuple(d))
+    index, new = to_space_weight(dense, spec, (b, b), S2D_ORDER)
+    index, groups = _regroup(index)
+    weight = np.concatenate([np.zeros(1, w.dtype), np.array(w).reshape(-1)])[index.numpy()]
+    base = conv.name or "conv"
+    inputs = [s2d.input[0], init(model, weight, conv.input[1] + "_merged"), *conv.input[2:]]
+    (t, bo), (l, r) = new.padding
+    node = helper.make_node("Conv", inputs, list(conv.output), name=fresh(model, base + "_merged"),
+                            kernel_shape=list(new.kernel), strides=list(new.stride), pads=[t, l, bo, r], group=groups)
+    return Splice(remove=[idx, ci], nodes=[node], at=max(idx, ci) - 1)
+
+
+register(Pattern("merge", ("SpaceToDepth",), _build, "SpaceToDepth(b) -> Conv => one Conv(stride s*b)"))

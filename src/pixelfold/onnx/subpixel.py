@@ -14,7 +14,7 @@ of the input first); a final Slice trims the DepthToSpace output to the ConvTran
 >>> convt_pads({"strides": [2, 2], "auto_pad": b"SAME_UPPER"}, [5, 5], [3, 3], [1, 1], [0, 0])
 ([0, 0], [1, 1])
 >>> convt_pads({"strides": [2, 2], "output_shape": [9, 10]}, [5, 5], [3, 3], [1, 1], [0, 0])
-([1, 0], [1, 1])
+([1, 1], [1, 0])
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ def subpixel_nodes(model: onnx.ModelProto, node: onnx.NodeProto, x_shape: list[i
         y = z
     if trim:
         names = [init(model, np.array(v, np.int64), base + n) for v, n in (([0, 0], "_st"), (out, "_en"), ([2, 3], "_ax"))]
-        nodes.append(helper.make_node("Slice", [y, *names], [final], name=fresh(model, base + "_Slice")))
+        nodes.append(helper.make_node("Slice", [y, *names], [final], name=fresh(model, base + "_Crop")))
     return nodes
 
 

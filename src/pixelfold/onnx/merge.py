@@ -18,15 +18,13 @@ can try ``merge`` before ``onehot_s2d`` on the same node.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
-import torch
 from onnx import helper
 
 from pixelfold.errors import FoldError
 from pixelfold.onnx.fold import conv_pads
 from pixelfold.onnx.graph import attrs, const, fresh
-from pixelfold.onnx.nodes import init, sole_consumer, static_shape
+from pixelfold.onnx.nodes import dense_index, gather, init, sole_consumer, static_shape
 from pixelfold.onnx.patterns import Pattern, Splice, register
 from pixelfold.probe import _regroup
 from pixelfold.spec import ConvSpec
@@ -57,14 +55,11 @@ def _build(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
     g = int(a.get("group", 1))
     pads = conv_pads(conv, deep[2:], k, s, d)
     O, Cg = w.shape[:2]
-    index = torch.arange(1, w.size + 1, dtype=torch.long).reshape(w.shape)
-    dense = torch.zeros(O, Cg * g, *k, dtype=torch.long)
-    for j in range(g):
-        dense[j * O // g:(j + 1) * O // g, j * Cg:(j + 1) * Cg] = index[j * O // g:(j + 1) * O // g]
+    dense = dense_index(w.shape, g)
     spec = ConvSpec(Cg * g, O, tuple(k), tuple(s), ((pads[0], pads[2]), (pads[1], pads[3])), tuple(d))
     index, new = to_space_weight(dense, spec, (b, b), S2D_ORDER)
     index, groups = _regroup(index)
-    weight = np.concatenate([np.zeros(1, w.dtype), np.array(w).reshape(-1)])[index.numpy()]
+    weight = gather(w, index)
     base = conv.name or "conv"
     inputs = [s2d.input[0], init(model, weight, conv.input[1] + "_merged"), *conv.input[2:]]
     (t, bo), (l, r) = new.padding

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import torch
 from onnx import helper, numpy_helper
 
 from pixelfold.errors import FoldError
@@ -108,3 +109,26 @@ def pad_or_slice(model: onnx.ModelProto, x: str, shape: list[int], lo: list[int]
         x = y
     return x, nodes
 
+
+
+def dense_index(shape: tuple[int, ...], groups: int) -> torch.Tensor:
+    """A grouped conv weight ``(O, C/g, *K)`` as 1-based indices written out densely ``(O, C, *K)`` (0 between groups).
+
+    Gather ``concat([0], w.flatten())`` at a transformed index map to get the transformed weight; see
+    :func:`pixelfold.probe._regroup` for splitting it back into groups.
+
+    >>> dense_index((2, 1, 1, 1), 2).flatten().tolist()
+    [1, 0, 0, 2]
+    """
+    O, Cg, *K = shape
+    index = torch.arange(1, int(np.prod(shape)) + 1, dtype=torch.long).reshape(shape)
+    dense = torch.zeros(O, Cg * groups, *K, dtype=torch.long)
+    for j in range(groups):
+        rows = slice(j * O // groups, (j + 1) * O // groups)
+        dense[rows, j * Cg:(j + 1) * Cg] = index[rows]
+    return dense
+
+
+def gather(w: np.ndarray, index: torch.Tensor) -> np.ndarray:
+    """``w`` gathered at a 1-based index map from :func:`dense_index` (0: a structural zero)."""
+    return np.concatenate([np.zeros(1, w.dtype), np.array(w).reshape(-1)])[index.numpy()]

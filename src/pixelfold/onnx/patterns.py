@@ -66,6 +66,7 @@ def _load_builtin() -> None:
     from pixelfold.onnx import subpixel  # noqa: F401  (registers "subpixel", "subpixel_crd")
     from pixelfold.onnx import onehot  # noqa: F401  (registers "onehot_s2d", "onehot_d2s")
     from pixelfold.onnx import merge  # noqa: F401  (registers "merge")
+    from pixelfold.onnx import dcr_flip  # noqa: F401  (registers "dcr_flip")
 
 
 _load_builtin()

@@ -16,7 +16,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from pixelfold.onnx import merge, subpixel, transposed, verify  # noqa: E402
+from pixelfold.onnx import dcr_flip, merge, subpixel, transposed, verify  # noqa: E402
 from pixelfold.onnx.api import rewrite_onnx  # noqa: E402
 from pixelfold.onnx.graph import attrs  # noqa: E402
 
@@ -289,6 +289,69 @@ def test_merge_skips_a_shared_s2d_and_onehot_takes_over():
     assert rep.entries[0].reason == "merge: 't' has 2 consumers; the pair can be fused only when it has exactly 1"
     new, rep = rewrite_onnx(m, ("merge", "onehot_s2d"))
     assert rep.entries[0].status == "changed" and rep.entries[0].transform == "onehot_s2d"
+
+
+# ---------------------------------------------------------------------------- dcr_flip
+@pytest.mark.parametrize("case", [dict(), dict(phase_bias=True, pads=[1, 1, 1, 1]), dict(r=3, bias=False, k=4, auto_pad="SAME_LOWER"),
+                                  dict(c=6, o=6, group=3, strides=[2, 2])],
+                         ids=["plain", "phase_bias", "r3", "grouped"])
+def test_dcr_flip_is_exact(case):
+    new = _rewrite(_conv_d2s(mode="CRD", **case), ("dcr_flip",), ["Conv", "DepthToSpace"])
+    assert attrs(new.graph.node[1])["mode"] == b"DCR"
+    err, _ = verify.max_error(_conv_d2s(mode="CRD", **case), new)
+    assert err == 0.0  # the same products in the same order: bit-exact
+
+
+def test_dcr_flip_keeps_dcr_and_catches_a_wrong_permutation(monkeypatch):
+    _, rep = rewrite_onnx(_conv_d2s(mode="DCR"), ("dcr_flip",))
+    assert rep.entries[0].status == "kept"
+    monkeypatch.setattr(dcr_flip, "TARGET", "focus")  # a wrong permutation, still written as mode DCR
+    _, rep = rewrite_onnx(_conv_d2s(mode="CRD"), ("dcr_flip",))
+    assert rep.entries[0].status == "failed" and rep.entries[0].max_error > 0.1
+
+
+# ---------------------------------------------------------------------------- rtr
+def _rtr(x_shape, mid, perm, out, constant_nodes=False):
+    s1, s2 = np.array(mid, np.int64), np.array(out, np.int64)
+    nodes = [helper.make_node("Reshape", ["x", "s1"], ["a"], name="r1"),
+             helper.make_node("Transpose", ["a"], ["b"], name="tr", perm=perm),
+             helper.make_node("Reshape", ["b", "s2"], ["y"], name="r2")]
+    inits = []
+    if constant_nodes:  # as torch's exporter writes them
+        nodes.insert(0, helper.make_node("Constant", [], ["s1"], value=numpy_helper.from_array(s1)))
+        nodes.insert(3, helper.make_node("Constant", [], ["s2"], value=numpy_helper.from_array(s2)))
+    else:
+        inits = [numpy_helper.from_array(s1, "s1"), numpy_helper.from_array(s2, "s2")]
+    return _model(nodes, inits, x_shape)
+
+
+N, C, H, W = 2, 3, 3, 5
+RTR = {
+    "d2s_dcr": ([N, C * 4, H, W], [N, 2, 2, C, H, W], [0, 3, 4, 1, 5, 2], [N, C, H * 2, W * 2], "DepthToSpace"),
+    "d2s_crd": ([N, C * 9, H, W], [0, C, 3, 3, H, W], [0, 1, 4, 2, 5, 3], [0, -1, H * 3, W * 3], "DepthToSpace"),
+    "s2d_dcr": ([N, C, H * 2, W * 2], [N, C, H, 2, W, 2], [0, 3, 5, 1, 2, 4], [N, C * 4, H, W], "SpaceToDepth"),
+}
+
+
+@pytest.mark.parametrize("constant_nodes", [False, True])
+@pytest.mark.parametrize("name", list(RTR))
+def test_rtr_recognised(name, constant_nodes):
+    *args, op = RTR[name]
+    new = _rewrite(_rtr(*args, constant_nodes=constant_nodes), ("rtr",), [op])
+    if op == "DepthToSpace":
+        assert attrs(new.graph.node[0])["mode"] == name[-3:].upper().encode()
+
+
+@pytest.mark.parametrize("perm,out,reason", [
+    ([0, 1, 3, 5, 2, 4], [N, C * 4, H, W], "rtr: this is space-to-depth in CRD order (torch pixel_unshuffle), which has no "
+                                           "ONNX op"),
+    ([0, 1, 3, 5, 4, 2], [N, C * 4, H, W], "rtr: [2, 3, 6, 10] -> [2, 12, 3, 5] moves the values neither as "
+                                           "SpaceToDepth DCR nor CRD (block 2)"),
+    ([0, 1, 2, 4, 3, 5], [N, C, W * 2, H * 2], "rtr: [2, 3, 6, 10] -> [2, 3, 10, 6] is not a depth-to-space"),
+])
+def test_rtr_skipped_with_reason(perm, out, reason):
+    _, rep = rewrite_onnx(_rtr([N, C, H * 2, W * 2], [N, C, H, 2, W, 2], perm, out), ("rtr",))
+    assert rep.entries[0].status == "skipped" and rep.entries[0].reason.startswith(reason), rep.entries[0]
 
 
 # ---------------------------------------------------------------------------- profiles and CLI

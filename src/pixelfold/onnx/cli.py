@@ -16,6 +16,8 @@ PROFILES = {
     "no_depth_to_space": ("transposed", "onehot_d2s"),  # Conv + D2S -> ConvTranspose, else one-hot ConvTranspose
     "no_space_to_depth": ("merge", "onehot_s2d"),  # S2D + Conv -> one strided Conv, else one-hot Conv
     "no_rearrange": ("merge", "transposed", "onehot_s2d", "onehot_d2s"),  # NVIDIA DLA: neither op remains
+    "dcr_only": ("dcr_flip",),  # DepthToSpace CRD -> DCR (NNAPI, TIM-VX run only DCR)
+    "native_rearrange": ("rtr",),  # Reshape -> Transpose -> Reshape -> DepthToSpace / SpaceToDepth
 }
 
 
@@ -31,7 +33,7 @@ def transforms_for(profile: str | None, target: str | None) -> tuple[str, ...]:
     >>> transforms_for("patch_linear", None)
     Traceback (most recent call last):
     ...
-    pixelfold.errors.FoldError: profile 'patch_linear' is not available for .onnx input yet; available: no_stride, no_transposed, no_transposed_crd, no_depth_to_space, no_space_to_depth, no_rearrange
+    pixelfold.errors.FoldError: profile 'patch_linear' is not available for .onnx input yet; available: no_stride, no_transposed, no_transposed_crd, no_depth_to_space, no_space_to_depth, no_rearrange, dcr_only, native_rearrange
     """
     if target:
         raise FoldError(f"--target {target} is not available for .onnx input yet; use --profile no_stride")

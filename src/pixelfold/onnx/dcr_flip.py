@@ -30,7 +30,7 @@ from pixelfold.onnx.transposed import d2s_order
 from pixelfold.probe import _regroup
 from pixelfold.weight_ops import _permute_out
 
-#: the order the rewritten DepthToSpace uses
+#: the channel order the Conv's output channels are permuted into (that of DepthToSpace mode DCR)
 TARGET = "dcr"
 
 
@@ -61,7 +61,7 @@ def _build(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
     new_conv = helper.make_node("Conv", inputs, list(conv.output), name=fresh(model, base + "_dcr"), group=groups,
                                 **keep)
     new_d2s = helper.make_node("DepthToSpace", list(d2s.input), list(d2s.output), name=d2s.name or fresh(model, "D2S"),
-                               blocksize=r, mode=TARGET.upper())
+                               blocksize=r, mode="DCR")
     return Splice(remove=[ci, idx], nodes=[new_conv, new_d2s], at=max(ci, idx) - 1)
 
 

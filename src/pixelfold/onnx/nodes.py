@@ -132,3 +132,16 @@ def dense_index(shape: tuple[int, ...], groups: int) -> torch.Tensor:
 def gather(w: np.ndarray, index: torch.Tensor) -> np.ndarray:
     """``w`` gathered at a 1-based index map from :func:`dense_index` (0: a structural zero)."""
     return np.concatenate([np.zeros(1, w.dtype), np.array(w).reshape(-1)])[index.numpy()]
+
+
+def constant(model: onnx.ModelProto, name: str) -> tuple[np.ndarray | None, int | None]:
+    """``(value, index of its Constant node or None)`` for an initializer or a ``Constant`` node's output."""
+    v = const(model, name)
+    if v is not None:
+        return v, None
+    i = producer(model, name)
+    if i is not None and model.graph.node[i].op_type == "Constant":
+        a = model.graph.node[i].attribute
+        if len(a) == 1 and a[0].name == "value":
+            return numpy_helper.to_array(a[0].t), i
+    return None, None

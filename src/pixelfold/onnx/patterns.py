@@ -67,6 +67,7 @@ def _load_builtin() -> None:
     from pixelfold.onnx import onehot  # noqa: F401  (registers "onehot_s2d", "onehot_d2s")
     from pixelfold.onnx import merge  # noqa: F401  (registers "merge")
     from pixelfold.onnx import dcr_flip  # noqa: F401  (registers "dcr_flip")
+    from pixelfold.onnx import rtr  # noqa: F401  (registers "rtr")
 
 
 _load_builtin()

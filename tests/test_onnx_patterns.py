@@ -354,6 +354,22 @@ def test_rtr_skipped_with_reason(perm, out, reason):
     assert rep.entries[0].status == "skipped" and rep.entries[0].reason.startswith(reason), rep.entries[0]
 
 
+@pytest.mark.parametrize("perm,groups", [([0, 1, 3, 5, 2, 4], 3), ([0, 3, 5, 1, 2, 4], 1)], ids=["crd", "dcr"])
+def test_merge_folds_a_reshape_transpose_reshape_step(perm, groups):
+    """pixel_unshuffle as torch exports it (CRD: no ONNX op) + a grouped Conv -> one strided Conv, groups kept in CRD."""
+    rng = np.random.default_rng(4)
+    m = _rtr([N, C, H * 2, W * 2], [N, C, H, 2, W, 2], perm, [N, C * 4, H, W], constant_nodes=True)
+    m.graph.output[0].name = "t"
+    m.graph.node[-1].output[0] = "t"
+    m.graph.node.append(helper.make_node("Conv", ["t", "w", "bias"], ["y"], name="conv", group=3, pads=[1, 1, 1, 1]))
+    m.graph.initializer.extend([_arr(rng, (6, 4, 3, 3), "w"), _arr(rng, (6,), "bias")])
+    del m.graph.output[:]
+    m.graph.output.append(helper.make_tensor_value_info("y", TensorProto.FLOAT, None))
+    m = onnx.shape_inference.infer_shapes(m, strict_mode=True)
+    new = _rewrite(m, ("merge",), ["Conv"])
+    assert attrs(new.graph.node[0])["group"] == groups and attrs(new.graph.node[0])["strides"] == [2, 2]
+
+
 # ---------------------------------------------------------------------------- profiles and CLI
 def _chain():
     """S2D -> Conv -> Relu -> Conv -> D2S(CRD) -> Relu -> ConvTranspose(stride 2): every pattern has a place."""

@@ -10,7 +10,7 @@ shapes must be constants (initializers or Constant nodes; a shape computed in th
 rewrite would freeze it).
 
 Space-to-depth in CRD order (``pixel_unshuffle``) has no ONNX op (SpaceToDepth is DCR only) and is
-skipped with that reason.
+skipped with that reason here; ``merge`` folds it (and a DCR one) into a following Conv.
 
 >>> y = np.arange(32).reshape(1, 2, 2, 2, 2, 2).transpose(0, 1, 4, 2, 5, 3).reshape(1, 2, 4, 4)  # pixel_shuffle
 >>> recognise(y, [1, 8, 2, 2])
@@ -22,6 +22,7 @@ With one output channel DCR and CRD coincide; DCR (the ONNX default) is preferre
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -53,38 +54,65 @@ def recognise(y: np.ndarray, x_shape: list[int]) -> tuple[str, int, str]:
     raise FoldError(f"rtr: {x_shape} -> {list(y.shape)} moves the values neither as {op} DCR nor CRD (block {b})")
 
 
-def _build(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
+@dataclass
+class Match:
+    """A recognised Reshape -> Transpose -> Reshape: the node indices it spans (Constant shape nodes included),
+    its input and output values, and the rearrangement it is."""
+
+    remove: list[int]
+    x: str
+    y: str
+    last: int
+    op: str
+    block: int
+    order: str
+
+
+def match(model: onnx.ModelProto, idx: int, shapes: dict, what: str = "rtr") -> Match:
+    """The rearrangement the Transpose at ``idx`` and its two Reshapes perform; :class:`FoldError` if none."""
     tr = model.graph.node[idx]
     ri = producer(model, tr.input[0])
     if ri is None or model.graph.node[ri].op_type != "Reshape":
-        raise FoldError(f"rtr: the Transpose input {tr.input[0]!r} does not come from a Reshape")
-    sole_consumer(model, tr.input[0], "rtr")
-    oi = sole_consumer(model, tr.output[0], "rtr")
+        raise FoldError(f"{what}: the Transpose input {tr.input[0]!r} does not come from a Reshape")
+    sole_consumer(model, tr.input[0], what)
+    oi = sole_consumer(model, tr.output[0], what)
     r1, r2 = model.graph.node[ri], model.graph.node[oi]
     if r2.op_type != "Reshape" or r2.input[0] != tr.output[0]:
-        raise FoldError(f"rtr: the Transpose output feeds a {r2.op_type}, not the data input of a Reshape")
+        raise FoldError(f"{what}: the Transpose output feeds a {r2.op_type}, not the data input of a Reshape")
     remove = [ri, idx, oi]
     for r in (r1, r2):
         value, ki = constant(model, r.input[1])
         if value is None:
-            raise FoldError(f"rtr: the shape {r.input[1]!r} of Reshape {r.name!r} is computed in the graph, not a "
+            raise FoldError(f"{what}: the shape {r.input[1]!r} of Reshape {r.name!r} is computed in the graph, not a "
                             "constant; replacing it would freeze it")
         if ki is not None and len(consumers(model, r.input[1])) == 1:
             remove.append(ki)  # its Constant node goes with it
-    x_shape = static_shape(shapes, r1.input[0], "rtr")
-    mid = static_shape(shapes, r1.output[0], "rtr", rank=len(shapes.get(r1.output[0], [])))
-    y_shape = static_shape(shapes, r2.output[0], "rtr")
+    x_shape = static_shape(shapes, r1.input[0], what)
+    mid = static_shape(shapes, r1.output[0], what, rank=len(shapes.get(r1.output[0], [])))
+    y_shape = static_shape(shapes, r2.output[0], what)
     perm = list(attrs(tr).get("perm", reversed(range(len(mid)))))
     y = np.arange(math.prod(x_shape)).reshape(mid).transpose(perm).reshape(y_shape)
     op, b, order = recognise(y, x_shape)
-    if op == "SpaceToDepth" and order == "crd":
+    return Match(remove, r1.input[0], r2.output[0], oi, op, b, order)
+
+
+def rearranging(node: onnx.NodeProto) -> bool:
+    """Cheap filter: a Transpose of rank 5 or 6, as every 2-D depth-to-space / space-to-depth triple has."""
+    return 5 <= len(attrs(node).get("perm", [])) <= 6
+
+
+def _build(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
+    m = match(model, idx, shapes)
+    if m.op == "SpaceToDepth" and m.order == "crd":
         raise FoldError("rtr: this is space-to-depth in CRD order (torch pixel_unshuffle), which has no ONNX op: "
-                        "SpaceToDepth is DCR only; kept")
-    extra = {"mode": order.upper()} if op == "DepthToSpace" else {}
-    node = helper.make_node(op, [r1.input[0]], list(r2.output), name=fresh(model, (tr.name or "rtr") + "_" + op),
-                            blocksize=b, **extra)
-    return Splice(remove=remove, nodes=[node], at=oi - sum(i < oi for i in remove))
+                        "SpaceToDepth is DCR only; kept (merge folds it into a following Conv)")
+    extra = {"mode": m.order.upper()} if m.op == "DepthToSpace" else {}
+    tr = model.graph.node[idx]
+    node = helper.make_node(m.op, [m.x], [m.y], name=fresh(model, (tr.name or "rtr") + "_" + m.op),
+                            blocksize=m.block, **extra)
+    return Splice(remove=m.remove, nodes=[node], at=m.last - sum(i < m.last for i in m.remove))
 
 
 register(Pattern("rtr", ("Transpose",), _build,
-                 "Reshape -> Transpose -> Reshape => DepthToSpace (DCR/CRD) or SpaceToDepth, recognised on indices"))
+                 "Reshape -> Transpose -> Reshape => DepthToSpace (DCR/CRD) or SpaceToDepth, recognised on indices",
+                 rearranging))

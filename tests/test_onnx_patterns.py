@@ -407,3 +407,25 @@ def test_cli_profiles(tmp_path, capsys):
     assert cli.main(["rewrite", str(src), "--profile", "no_depth_to_space", "--out", str(out)]) == 0
     ops = [n.op_type for n in onnx.load(out).graph.node]
     assert "DepthToSpace" not in ops and ops.count("ConvTranspose") == 2
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+def test_torch_export_pixel_unshuffle_shuffle_and_convtranspose():
+    """A torch export (pixel_unshuffle as Reshape-Transpose-Reshape, PixelShuffle as D2S CRD) under no_rearrange."""
+    import io
+
+    import torch
+
+    from pixelfold.onnx.cli import transforms_for
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.PixelUnshuffle(2), torch.nn.Conv2d(12, 16, 3, padding=1, groups=2),
+                              torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, padding=1, bias=False),
+                              torch.nn.PixelShuffle(2), torch.nn.ConvTranspose2d(8, 4, 4, 2, 1)).eval()
+    f = io.BytesIO()
+    torch.onnx.export(net, torch.randn(1, 3, 12, 10), f, opset_version=17, dynamo=False)
+    m = onnx.load_from_string(f.getvalue())
+    new, rep = rewrite_onnx(m, transforms_for("no_rearrange+no_stride", None))
+    assert [e.transform for e in rep.changed] == ["merge", "transposed", "subpixel"]
+    assert [n.op_type for n in new.graph.node] == ["Conv", "Relu", "ConvTranspose", "Conv", "DepthToSpace"]
+    assert rep.end_to_end_error <= rep.end_to_end_tolerance

@@ -252,7 +252,37 @@ def test_onehot_needs_static_channels():
                            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "C", 4, 4])],
                            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
     _, rep = rewrite_onnx(helper.make_model(gr, opset_imports=[helper.make_opsetid("", 17)]), ("onehot_s2d",))
-    assert rep.entries[0].reason == "onehot_s2d: the shape of 'x' is not static; it is needed to build the weights"
+    assert rep.entries[0].reason == "onehot_s2d: dim C of 'x' is not static; it is needed for the one-hot weight"
+
+
+
+@pytest.mark.parametrize("name,model,ops", [
+    ("transposed", lambda: _conv_d2s(mode="CRD", pads=[1, 1, 1, 1]), ["ConvTranspose"]),
+    ("subpixel", lambda: _convt(strides=[3, 3], k=4, pads=[2, 1, 0, 1], output_padding=[1, 0]),
+     ["Conv", "DepthToSpace", "Slice"]),
+    ("subpixel", lambda: _convt(strides=[2, 2], k=2, pads=[3, 3, 3, 3]), ["Slice", "Conv", "DepthToSpace"]),
+    ("merge", lambda: _s2d_conv(pads=[0, 1, 2, 1]), ["Conv"]),
+    ("onehot_s2d", lambda: _s2d_conv(), ["Conv", "Conv"]),
+])
+def test_dynamic_batch_and_size(name, model, ops):
+    """Only C (and H, W for auto_pad SAME / output_shape) must be static; verified at sizes 8 and 16."""
+    m = model()
+    dyn = m.graph.input[0].type.tensor_type.shape.dim
+    for i in (0, 2, 3):
+        dyn[i].dim_param = "NHW"[i - 1 if i else 0] + "dim"
+    del m.graph.value_info[:]
+    m.graph.output[0].type.tensor_type.ClearField("shape")
+    m = onnx.shape_inference.infer_shapes(m, strict_mode=True)
+    _rewrite(m, (name,), ops)
+
+
+def test_dynamic_size_with_same_padding_is_skipped():
+    m = _conv_d2s(k=4, auto_pad="SAME_UPPER")
+    m.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
+    del m.graph.value_info[:]
+    m.graph.output[0].type.tensor_type.ClearField("shape")
+    _, rep = rewrite_onnx(onnx.shape_inference.infer_shapes(m, strict_mode=True), ("transposed",))
+    assert rep.entries[0].reason == "transposed: dim H of 'x' is not static; it is needed to resolve auto_pad"
 
 
 # ---------------------------------------------------------------------------- merge

@@ -9,8 +9,9 @@ the dense kernel extent: dilation is written out), stride ``s*b``, each pad ``p*
 (zeros between groups) and split back into as many groups as its zeros allow, as :func:`pixelfold.merge`
 does: DCR mixes the groups' channels (``groups=1``), CRD keeps them.
 
-Applies when the step's output feeds only that Conv (as its data input), the weight is constant, the
-input shape is static and divisible by the block. Anchored on the step (SpaceToDepth, or the Transpose),
+Applies when the step's output feeds only that Conv (as its data input) and the weight is constant;
+H and W need to be static only for ``auto_pad=SAME_*`` (a SpaceToDepth already requires them divisible
+by the block). Anchored on the step (SpaceToDepth, or the Transpose),
 so that a profile can try ``merge`` before ``onehot_s2d`` on the same node.
 
 >>> from pixelfold.onnx.patterns import PATTERNS
@@ -26,7 +27,7 @@ from onnx import helper
 from pixelfold.errors import FoldError
 from pixelfold.onnx.fold import conv_pads
 from pixelfold.onnx.graph import attrs, const, fresh
-from pixelfold.onnx.nodes import dense_index, gather, init, sole_consumer, static_shape
+from pixelfold.onnx.nodes import dense_index, dims, gather, init, sole_consumer, text
 from pixelfold.onnx.patterns import Pattern, Splice, register
 from pixelfold.onnx.rtr import match, rearranging
 from pixelfold.probe import _regroup
@@ -54,14 +55,15 @@ def _build(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
     conv = model.graph.node[ci]
     if conv.op_type != "Conv" or conv.input[0] != t or list(conv.input).count(t) != 1:
         raise FoldError(f"merge: the space-to-depth output feeds a {conv.op_type} (not as the data input of a Conv)")
-    N, C, H, W = static_shape(shapes, x, "merge")
-    if H % b or W % b:
+    N, C, H, W = dims(model, x, "merge")
+    if (H or 0) % b or (W or 0) % b:
         raise FoldError(f"merge: spatial size {H}x{W} is not divisible by blocksize {b}")
-    deep = static_shape(shapes, t, "merge")
     w = const(model, conv.input[1])
     if w is None or w.ndim != 4:
         raise FoldError(f"merge: the weight {conv.input[1]!r} is not a constant rank-4 initializer")
     a = attrs(conv)
+    same = text(a.get("auto_pad"), "NOTSET") in ("SAME_UPPER", "SAME_LOWER")
+    deep = dims(model, t, "merge", "HW" if same else "", "to resolve auto_pad")
     k = list(w.shape[2:])
     s = list(a.get("strides", [1, 1]))
     d = list(a.get("dilations", [1, 1]))

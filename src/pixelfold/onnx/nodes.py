@@ -90,17 +90,46 @@ def init(model: onnx.ModelProto, array: np.ndarray, base: str) -> str:
     return name
 
 
-def pad_or_slice(model: onnx.ModelProto, x: str, shape: list[int], lo: list[int], hi: list[int],
-                 base: str) -> tuple[str, list[onnx.NodeProto]]:
-    """Nodes padding (positive) or cropping (negative) H and W of ``x`` by ``lo``/``hi``; the new value name."""
+def dims(model: onnx.ModelProto, name: str, what: str, need: str = "", why: str = "") -> list[int | None]:
+    """The ``N, C, H, W`` dims of ``name`` (None where dynamic); :class:`FoldError` if its rank is not 4 or a
+    dim named in ``need`` (e.g. ``"HW"``) is dynamic (``why`` says what for)."""
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True).graph
+    vi = next((v for v in list(inferred.input) + list(inferred.value_info) + list(inferred.output) if v.name == name),
+              None)
+    if vi is None or not vi.type.tensor_type.HasField("shape"):
+        raise FoldError(f"{what}: the rank of {name!r} is unknown; a rank-4 (2-D) tensor is needed")
+    d = [x.dim_value if x.HasField("dim_value") else None for x in vi.type.tensor_type.shape.dim]
+    if len(d) != 4:
+        raise FoldError(f"{what}: handles rank-4 tensors (2-D); {name!r} has rank {len(d)}")
+    missing = "".join(c for c, v in zip("NCHW", d) if c in need and v is None)
+    if missing:
+        raise FoldError(f"{what}: dim {'/'.join(missing)} of {name!r} is not static; it is needed {why}".rstrip())
+    return d
+
+
+#: a Slice end that means "to the end" (ONNX clamps it)
+TO_END = int(np.iinfo(np.int64).max)
+
+
+def crop(model: onnx.ModelProto, x: str, axes: list[int], start: list[int], end: list[int], base: str,
+         out: str | None = None, tag: str = "_Slice") -> tuple[str, onnx.NodeProto]:
+    """A Slice of ``x`` on ``axes`` (``end`` negative: from the end, :data:`TO_END`: to the end); ``(value, node)``."""
+    names = [init(model, np.array(v, np.int64), base + n) for v, n in ((start, "_st"), (end, "_en"), (axes, "_ax"))]
+    y = out or fresh(model, base + "_cut")
+    return y, helper.make_node("Slice", [x, *names], [y], name=fresh(model, base + tag))
+
+
+def pad_or_slice(model: onnx.ModelProto, x: str, lo: list[int], hi: list[int], base: str) -> tuple[str, list[onnx.NodeProto]]:
+    """Nodes padding (positive) or cropping (negative) H and W of ``x`` by ``lo``/``hi``; the new value name.
+
+    Independent of the spatial size (crops count from the ends), so it works for dynamic H and W too.
+    """
     nodes: list[onnx.NodeProto] = []
-    if any(v < 0 for v in lo + hi):
-        start = [max(-v, 0) for v in lo]
-        stop = [shape[2 + i] - max(-hi[i], 0) for i in range(2)]
-        names = [init(model, np.array(v, np.int64), base + n) for v, n in ((start, "_st"), (stop, "_en"), ([2, 3], "_ax"))]
-        y = fresh(model, base + "_cut")
-        nodes.append(helper.make_node("Slice", [x, *names], [y], name=fresh(model, base + "_Slice")))
-        x = y
+    axes = [i for i in range(2) if lo[i] < 0 or hi[i] < 0]
+    if axes:
+        x, node = crop(model, x, [2 + i for i in axes], [max(-lo[i], 0) for i in axes],
+                       [hi[i] if hi[i] < 0 else TO_END for i in axes], base)
+        nodes.append(node)
     if any(v > 0 for v in lo + hi):
         p = init(model, np.array([0, 0, max(lo[0], 0), max(lo[1], 0), 0, 0, max(hi[0], 0), max(hi[1], 0)], np.int64),
                  base + "_pads")
@@ -108,7 +137,6 @@ def pad_or_slice(model: onnx.ModelProto, x: str, shape: list[int], lo: list[int]
         nodes.append(helper.make_node("Pad", [x, p], [y], name=fresh(model, base + "_Pad"), mode="constant"))
         x = y
     return x, nodes
-
 
 
 def dense_index(shape: tuple[int, ...], groups: int) -> torch.Tensor:

@@ -3,8 +3,8 @@
 For runtimes that run convolutions but not the rearrangement ops (NVIDIA DLA rebuilds them this way).
 The weight is :func:`pixelfold.onehot.onehot_weight` (kernel = stride = block, one 1 per output): in
 order ``"dcr"`` for SpaceToDepth (its only order), and in the order of the DepthToSpace's ``mode`` (DCR
-default, CRD). It needs the channel count, so the input shape must be static in the channel dim (and
-fully static, for the checks below). Exact for finite inputs; an ``inf``/``NaN`` input turns into ``NaN``
+default, CRD). It needs the channel count, so the input's channel dim must be static (batch, height and
+width may be dynamic). Exact for finite inputs; an ``inf``/``NaN`` input turns into ``NaN``
 wherever a zero tap meets it (``0*inf``), where the rearrangement would only move it.
 
 >>> import numpy as np
@@ -26,7 +26,7 @@ from onnx import helper
 from pixelfold.errors import FoldError
 from pixelfold.onehot import onehot_weight
 from pixelfold.onnx.graph import attrs, fresh
-from pixelfold.onnx.nodes import elem_dtype, init, static_shape
+from pixelfold.onnx.nodes import dims, elem_dtype, init
 from pixelfold.onnx.patterns import Pattern, Splice, register
 from pixelfold.onnx.transposed import d2s_order
 
@@ -34,8 +34,8 @@ from pixelfold.onnx.transposed import d2s_order
 def _s2d(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
     node = model.graph.node[idx]
     b = int(attrs(node)["blocksize"])
-    N, C, H, W = static_shape(shapes, node.input[0], "onehot_s2d")
-    if H % b or W % b:
+    N, C, H, W = dims(model, node.input[0], "onehot_s2d", "C", "for the one-hot weight")
+    if (H or 0) % b or (W or 0) % b:
         raise FoldError(f"onehot_s2d: spatial size {H}x{W} is not divisible by blocksize {b}")
     w = onehot_weight(C, (b, b), "dcr").numpy().astype(elem_dtype(model, node.input[0]))
     conv = helper.make_node("Conv", [node.input[0], init(model, w, (node.name or "s2d") + "_onehot")],
@@ -47,7 +47,7 @@ def _s2d(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
 def _d2s(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
     node = model.graph.node[idx]
     b, order = d2s_order(node)
-    N, CR, H, W = static_shape(shapes, node.input[0], "onehot_d2s")
+    N, CR, H, W = dims(model, node.input[0], "onehot_d2s", "C", "for the one-hot weight")
     if CR % (b * b):
         raise FoldError(f"onehot_d2s: {CR} channels are not divisible by blocksize² = {b * b}")
     w = onehot_weight(CR // (b * b), (b, b), order).numpy().astype(elem_dtype(model, node.input[0]))

@@ -26,7 +26,7 @@ from onnx import helper
 
 from pixelfold.errors import FoldError
 from pixelfold.onnx.graph import attrs, fresh
-from pixelfold.onnx.nodes import conv_weights, init, pad_or_slice, static_shape, text
+from pixelfold.onnx.nodes import conv_weights, crop, dims, init, pad_or_slice, text
 from pixelfold.onnx.patterns import Pattern, Splice, register
 from pixelfold.spec import ConvSpec
 from pixelfold.transforms import subpixel_geometry, subpixel_weight
@@ -61,8 +61,12 @@ def convt_pads(a: dict, in_hw: list[int], k: list[int], d: list[int], op: list[i
     return begin, end
 
 
-def subpixel_nodes(model: onnx.ModelProto, node: onnx.NodeProto, x_shape: list[int], order: str) -> list[onnx.NodeProto]:
-    """Replacement nodes for a 2-D ConvTranspose ``node``; adds initializers to ``model``."""
+def subpixel_nodes(model: onnx.ModelProto, node: onnx.NodeProto, order: str) -> list[onnx.NodeProto]:
+    """Replacement nodes for a 2-D ConvTranspose ``node``; adds initializers to ``model``.
+
+    Only ``auto_pad=SAME_*`` and ``output_shape`` need the input's H and W; otherwise the nodes are
+    independent of them (crops count from the ends), so dynamic sizes are rewritten too.
+    """
     w, b = conv_weights(model, node, "subpixel")
     a = attrs(node)
     s = list(a.get("strides", [1, 1]))
@@ -73,31 +77,32 @@ def subpixel_nodes(model: onnx.ModelProto, node: onnx.NodeProto, x_shape: list[i
         raise FoldError(f"subpixel: strides {s}; DepthToSpace has one blocksize, so the strides must be equal")
     r = s[0]
     k = list(w.shape[2:])
-    begin, end = convt_pads(a, x_shape[2:], k, d, op)
+    sized = "output_shape" in a or text(a.get("auto_pad"), "NOTSET") in ("SAME_UPPER", "SAME_LOWER")
+    x_dims = dims(model, node.input[0], "subpixel", "HW" if sized else "", "to resolve auto_pad / output_shape")
+    begin, end = convt_pads(a, x_dims[2:], k, d, op)
     if min(begin + end) < 0:
         raise FoldError(f"subpixel: negative pads {begin + end}")
     E = [(kk - 1) * dd + 1 for kk, dd in zip(k, d)]
-    out = [r * (x_shape[2 + i] - 1) + op[i] + E[i] - begin[i] - end[i] for i in range(2)]
-    if min(out) < 1:
-        raise FoldError(f"subpixel: output size {out} is empty")
+    c = [op[i] + E[i] - begin[i] - end[i] - r for i in range(2)]  # out = r*L + c
     spec = ConvSpec(w.shape[0], w.shape[1] * g, tuple(k), (r, r), tuple((p, p) for p in begin), tuple(d), groups=g,
                     bias=b is not None, transposed=True)
     tb = None if b is None else torch.from_numpy(np.array(b)).double()
     tw, tb, inner = subpixel_weight(torch.from_numpy(np.array(w)).double(), tb, spec, order)
     K = list(inner.kernel)
     lo = [-int(geo["lo"]) for geo in subpixel_geometry(spec)]
-    blocks = [-(-o // r) for o in out]
-    hi = [blocks[i] - x_shape[2 + i] - lo[i] + K[i] - 1 for i in range(2)]
+    extra = [-(-ci // r) for ci in c]  # ceil(out / r) = L + extra blocks
+    hi = [extra[i] - lo[i] + K[i] - 1 for i in range(2)]
+    excess = [r * extra[i] - c[i] for i in range(2)]  # r*blocks - out: cropped from the end at the last step
     base = node.name or "convt"
     x, nodes = node.input[0], []
     if min(lo + hi) < 0:  # crop first, the Conv pads nothing
-        x, nodes = pad_or_slice(model, x, x_shape, lo, hi, base)
+        x, nodes = pad_or_slice(model, x, lo, hi, base)
         lo, hi = [0, 0], [0, 0]
     inputs = [x, init(model, tw.numpy().astype(w.dtype), node.input[1] + "_subpixel")]
     if tb is not None:
         inputs.append(init(model, tb.numpy().astype(b.dtype), node.input[2] + "_subpixel"))
     final = node.output[0]
-    trim = any(blocks[i] * r != out[i] for i in range(2))
+    trim = [i for i in range(2) if excess[i]]
     y = fresh(model, base + "_phases") if (r > 1 or trim) else final
     nodes.append(helper.make_node("Conv", inputs, [y], name=fresh(model, base + "_subpixel"), kernel_shape=K,
                                   pads=lo + hi, group=g))
@@ -107,16 +112,14 @@ def subpixel_nodes(model: onnx.ModelProto, node: onnx.NodeProto, x_shape: list[i
                                       mode=MODE_OF_ORDER[order]))
         y = z
     if trim:
-        names = [init(model, np.array(v, np.int64), base + n) for v, n in (([0, 0], "_st"), (out, "_en"), ([2, 3], "_ax"))]
-        nodes.append(helper.make_node("Slice", [y, *names], [final], name=fresh(model, base + "_Crop")))
+        nodes.append(crop(model, y, [2 + i for i in trim], [0] * len(trim), [-excess[i] for i in trim], base,
+                          out=final, tag="_Crop")[1])
     return nodes
 
 
 def _builder(order: str):
     def build(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
-        node = model.graph.node[idx]
-        x_shape = static_shape(shapes, node.input[0], "subpixel")
-        return Splice(remove=[idx], nodes=subpixel_nodes(model, node, x_shape, order))
+        return Splice(remove=[idx], nodes=subpixel_nodes(model, model.graph.node[idx], order))
     return build
 
 

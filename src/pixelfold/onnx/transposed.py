@@ -27,7 +27,7 @@ from onnx import helper
 from pixelfold.errors import FoldError
 from pixelfold.onnx.fold import conv_pads
 from pixelfold.onnx.graph import attrs, fresh
-from pixelfold.onnx.nodes import conv_weights, init, producer, sole_consumer, static_shape, text
+from pixelfold.onnx.nodes import conv_weights, dims, init, producer, sole_consumer, text
 from pixelfold.onnx.patterns import Pattern, Splice, register
 from pixelfold.spec import ConvSpec
 from pixelfold.transforms import dense_kernel, transposed_weight, trim_zero_taps
@@ -54,9 +54,10 @@ def _build(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
         raise FoldError(f"transposed: the DepthToSpace input {d2s.input[0]!r} comes from {kind}, not a Conv")
     sole_consumer(model, d2s.input[0], "transposed")
     conv = model.graph.node[ci]
-    x_shape = static_shape(shapes, conv.input[0], "transposed")
     w, b = conv_weights(model, conv, "transposed")
     a = attrs(conv)
+    same = text(a.get("auto_pad"), "NOTSET") in ("SAME_UPPER", "SAME_LOWER")
+    x_shape = dims(model, conv.input[0], "transposed", "HW" if same else "", "to resolve auto_pad")
     s = list(a.get("strides", [1, 1]))
     d = list(a.get("dilations", [1, 1]))
     g = int(a.get("group", 1))

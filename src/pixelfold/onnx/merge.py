@@ -55,7 +55,7 @@ def _build(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
     conv = model.graph.node[ci]
     if conv.op_type != "Conv" or conv.input[0] != t or list(conv.input).count(t) != 1:
         raise FoldError(f"merge: the space-to-depth output feeds a {conv.op_type} (not as the data input of a Conv)")
-    N, C, H, W = dims(model, x, "merge")
+    N, C, H, W = shapes.get(x, [None] * 4)  # (a SpaceToDepth already requires H, W divisible by the block)
     if (H or 0) % b or (W or 0) % b:
         raise FoldError(f"merge: spatial size {H}x{W} is not divisible by blocksize {b}")
     w = const(model, conv.input[1])
@@ -63,7 +63,7 @@ def _build(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
         raise FoldError(f"merge: the weight {conv.input[1]!r} is not a constant rank-4 initializer")
     a = attrs(conv)
     same = text(a.get("auto_pad"), "NOTSET") in ("SAME_UPPER", "SAME_LOWER")
-    deep = dims(model, t, "merge", "HW" if same else "", "to resolve auto_pad")
+    deep = dims(model, t, "merge", "HW", "to resolve auto_pad") if same else [None] * 4
     k = list(w.shape[2:])
     s = list(a.get("strides", [1, 1]))
     d = list(a.get("dilations", [1, 1]))

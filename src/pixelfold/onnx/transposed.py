@@ -57,7 +57,7 @@ def _build(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
     w, b = conv_weights(model, conv, "transposed")
     a = attrs(conv)
     same = text(a.get("auto_pad"), "NOTSET") in ("SAME_UPPER", "SAME_LOWER")
-    x_shape = dims(model, conv.input[0], "transposed", "HW" if same else "", "to resolve auto_pad")
+    x_shape = dims(model, conv.input[0], "transposed", "HW", "to resolve auto_pad") if same else [None] * 4
     s = list(a.get("strides", [1, 1]))
     d = list(a.get("dilations", [1, 1]))
     g = int(a.get("group", 1))

@@ -13,7 +13,7 @@ from pixelfold.onnx.patterns import PATTERNS, Pattern
 from pixelfold.rewrite import LayerChange, RewriteReport
 
 #: the default transforms (the ``no_stride`` profile)
-TRANSFORMS = ("fold",)
+TRANSFORMS = ("fold", "subpixel")
 
 
 def _describe(node: onnx.NodeProto) -> str:

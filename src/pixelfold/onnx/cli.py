@@ -7,26 +7,43 @@ from pathlib import Path
 
 from pixelfold.errors import FoldError
 
-#: profile -> ONNX transforms that implement it (so far only the stride fold)
-PROFILES = {"no_stride": ("fold",)}
+#: profile -> ONNX transforms that implement it, tried in this order on each anchor node (names as in
+#: :class:`pixelfold.Profile` where one exists; the rest name the op they remove)
+PROFILES = {
+    "no_stride": ("fold", "subpixel"),  # strided Conv -> S2D + Conv; ConvTranspose -> Conv + D2S (DCR)
+    "no_transposed": ("subpixel",),  # every ConvTranspose -> Conv + DepthToSpace (DCR)
+    "no_transposed_crd": ("subpixel_crd",),  # the same with DepthToSpace CRD (keeps grouped ones grouped)
+    "no_depth_to_space": ("transposed", "onehot_d2s"),  # Conv + D2S -> ConvTranspose, else one-hot ConvTranspose
+    "no_space_to_depth": ("merge", "onehot_s2d"),  # S2D + Conv -> one strided Conv, else one-hot Conv
+    "no_rearrange": ("merge", "transposed", "onehot_s2d", "onehot_d2s"),  # NVIDIA DLA: neither op remains
+    "dcr_only": ("dcr_flip",),  # DepthToSpace CRD -> DCR (NNAPI, TIM-VX run only DCR)
+    "native_rearrange": ("rtr",),  # Reshape -> Transpose -> Reshape -> DepthToSpace / SpaceToDepth
+}
 
 
 def transforms_for(profile: str | None, target: str | None) -> tuple[str, ...]:
     """The ONNX transforms for a ``--profile`` (``--target`` is not supported for ONNX input yet).
 
+    Profiles combine with ``+`` (transforms in order, each once).
+
     >>> transforms_for(None, None)
-    ('fold',)
-    >>> transforms_for("no_transposed", None)
+    ('fold', 'subpixel')
+    >>> transforms_for("no_stride+no_depth_to_space", None)
+    ('fold', 'subpixel', 'transposed', 'onehot_d2s')
+    >>> transforms_for("patch_linear", None)
     Traceback (most recent call last):
     ...
-    pixelfold.errors.FoldError: profile 'no_transposed' is not available for .onnx input yet; available: no_stride
+    pixelfold.errors.FoldError: profile 'patch_linear' is not available for .onnx input yet; available: no_stride, no_transposed, no_transposed_crd, no_depth_to_space, no_space_to_depth, no_rearrange, dcr_only, native_rearrange
     """
     if target:
         raise FoldError(f"--target {target} is not available for .onnx input yet; use --profile no_stride")
-    name = profile or "no_stride"
-    if name not in PROFILES:
-        raise FoldError(f"profile {name!r} is not available for .onnx input yet; available: {', '.join(PROFILES)}")
-    return PROFILES[name]
+    out: list[str] = []
+    for name in (profile or "no_stride").split("+"):
+        name = name.strip()
+        if name not in PROFILES:
+            raise FoldError(f"profile {name!r} is not available for .onnx input yet; available: {', '.join(PROFILES)}")
+        out.extend(t for t in PROFILES[name] if t not in out)
+    return tuple(out)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -62,6 +62,12 @@ def register(pattern: Pattern) -> Pattern:
 
 def _load_builtin() -> None:
     from pixelfold.onnx import fold  # noqa: F401  (registers "fold")
+    from pixelfold.onnx import transposed  # noqa: F401  (registers "transposed")
+    from pixelfold.onnx import subpixel  # noqa: F401  (registers "subpixel", "subpixel_crd")
+    from pixelfold.onnx import onehot  # noqa: F401  (registers "onehot_s2d", "onehot_d2s")
+    from pixelfold.onnx import merge  # noqa: F401  (registers "merge")
+    from pixelfold.onnx import dcr_flip  # noqa: F401  (registers "dcr_flip")
+    from pixelfold.onnx import rtr  # noqa: F401  (registers "rtr")
 
 
 _load_builtin()

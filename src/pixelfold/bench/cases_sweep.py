@@ -41,8 +41,20 @@ def polyphase_sweep_cases(ctx: Context) -> list[Case]:
         xs = pixelfold.space_to_depth(x, b) if b > 1 else x
         macs = _macs(inner, tuple(xs.shape)) if isinstance(inner, nn.Conv2d) else math.nan
         forms.append(Form(f"polyphase({b}), frozen", poly, x, note=f"inner: {inner}; {macs / base:.2f}× MACs"))
+    forms.append(_tuned(conv, x, ctx))
     return [Case("sweep", f"stride-1 48×48 conv 1→1 on {n}×1×{hw}²: polyphase block sweep", forms,
                  note="tune must find the best block: only measurement does (issue 12)")]
+
+
+def _tuned(conv: nn.Module, x: torch.Tensor, ctx: Context) -> Form:
+    """``pixelfold.tune`` of a model holding only ``conv``, measured beside the forms it chose among."""
+    from pixelfold.tune import _label, tune
+
+    tuned, plan = tune(nn.Sequential(conv), x, rounds=3 if ctx.quick else 5,
+                       min_run_time=0.01 if ctx.quick else 0.1, progress=False, freeze=True)
+    lp = plan.layers[0]
+    return Form("tune()", tuned.eval(), x, note=f"kept {_label(lp.choice, lp.options)} (tried "
+                f"{', '.join(sorted(lp.times_ms))})")
 
 
 class _HandLinear(nn.Module):

@@ -155,6 +155,11 @@ CASES = [
     (lambda: nn.ConvTranspose2d(8, 8, 4, stride=4), (1, 8, 16, 16), "ethos-u55-128", "subpixel"),
     (lambda: nn.ConvTranspose2d(8, 8, 4, stride=4), (1, 8, 16, 16), "ethos-u85-256", None),
     (lambda: nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1), (1, 8, 16, 16), "ethos-u55-128", None),
+    # litert-torch converts a strided ConvTranspose only with TFLite VALID/SAME cropping (FSRCNN's k9 s3 p4 op2 is not)
+    (lambda: nn.ConvTranspose2d(8, 1, 9, stride=3, padding=4, output_padding=2), (1, 8, 16, 16), "ethos-u85-256",
+     "subpixel"),
+    (lambda: nn.ConvTranspose2d(8, 1, 9, stride=3, padding=3), (1, 8, 16, 16), "ethos-u85-256", None),
+    (lambda: nn.ConvTranspose2d(8, 8, 4, stride=2, padding=1), (1, 8, 16, 16), "ethos-u85-256", None),
     (lambda: nn.ConvTranspose2d(8, 8, 3, stride=3), (1, 8, 16, 16), "rk3588", "subpixel"),
     (lambda: nn.ConvTranspose2d(8, 8, 3, stride=3), (1, 8, 16, 16), "rk3576", None),
     # Vela 5.2 runs Focus slicing on the NPU: kept (tune(target=...) weighs merge by cycles)

@@ -309,13 +309,11 @@ def _info() -> dict[str, Any]:
             "torch": torch.__version__}
 
 
-#: Rows that fail issue 10's "Done when" for a reason pixelfold cannot fix today (measured 2026-12-02, Vela 5.2.0,
-#: litert-torch 0.10, ai-edge-quantizer): ``make npu`` reports them as known instead of failing, and fails on
-#: any other row, or on one of these once it passes (so the list cannot go stale silently).
-KNOWN_FAILURES: dict[tuple[str, str], str] = {
-    ("fsrcnn_x3", "ethos-u85-256"): "litert-torch cannot convert the model ('Failed to run converter passes')",
-    ("fsrcnn_x4", "ethos-u85-256"): "litert-torch cannot convert the model ('Failed to run converter passes')",
-}
+
+#: Rows that fail issue 10's "Done when" for a reason pixelfold cannot fix today: ``make npu`` reports them as
+#: known instead of failing, and fails on any other failing row, or on one of these once it passes (so the list
+#: cannot go stale silently). Empty since 2026-12-02 (Vela 5.2.0, litert-torch 0.10, rknn-toolkit2 2.5.0).
+KNOWN_FAILURES: dict[tuple[str, str], str] = {}
 
 
 def verdicts(rows: Sequence[Row], known: dict[tuple[str, str], str] | None = None) -> tuple[list[Row], list[str]]:

@@ -53,6 +53,8 @@ class Op:
                        padding_valid=all(lo == hi == 0 for lo, hi in s.padding),
                        depthwise=s.groups > 1 and s.groups == s.in_channels, bias=s.bias,
                        output_padding=s.output_padding)
+            if s.transposed:
+                out["tflite_padding"] = tflite_transposed_padding(s)
         for name in ("block", "order", "channels", "rank", "mode", "strides"):
             v = getattr(self, name)
             if v is not None:
@@ -78,6 +80,27 @@ class Op:
         if self.strides is not None:
             parts.append("stride " + "×".join(map(str, self.strides)))
         return " ".join(parts)
+
+
+def tflite_transposed_padding(spec: ConvSpec) -> str:
+    """How a transposed conv's cropping reads in TFLite: ``VALID`` (nothing cropped), ``SAME`` (output = input × stride,
+    the crop split as TensorFlow splits it: the smaller half first) or ``explicit`` (anything else).
+
+    torch's ``padding=p, output_padding=q`` crops ``p`` before and ``p - q`` after each dim.
+
+    >>> from torch import nn
+    >>> from pixelfold.spec import ConvSpec
+    >>> [tflite_transposed_padding(ConvSpec.from_module(nn.ConvTranspose2d(8, 8, k, s, p, q)))
+    ...  for k, s, p, q in ((4, 2, 1, 0), (9, 3, 3, 0), (9, 3, 4, 2), (2, 2, 0, 0), (3, 2, 0, 1))]
+    ['SAME', 'SAME', 'explicit', 'VALID', 'VALID']
+    """
+    if all(lo == 0 and hi - q <= 0 for (lo, hi), q in zip(spec.padding, spec.output_padding)):
+        return "VALID"  # nothing cropped; output_padding only extends (a VALID TRANSPOSE_CONV + PAD)
+    for (lo, hi), q, span, st in zip(spec.padding, spec.output_padding, spec.span, spec.stride):
+        total = span - st
+        if total < 0 or lo != total // 2 or hi - q != total - total // 2:
+            return "explicit"
+    return "SAME"
 
 
 def transpose_axes(op: Op) -> tuple[int, ...] | None:

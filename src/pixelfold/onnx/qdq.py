@@ -26,6 +26,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from pixelfold.errors import FoldError
+from pixelfold.onnx.fold import fold_plan, folded_conv_node, space_nodes
 from pixelfold.onnx.graph import attrs, const, fresh
 from pixelfold.onnx.patterns import Splice
 from pixelfold.transforms import to_depth_weight
@@ -99,8 +100,6 @@ def fold_weight_q(w_q: np.ndarray, zp: np.ndarray | None, axis: int, spec, block
 
 def fold_splice(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
     """The fold of QDQ Conv ``model.graph.node[idx]``; adds initializers to ``model`` (a copy)."""
-    from pixelfold.onnx.fold import fold_plan, folded_conv_node, space_nodes
-
     node = model.graph.node[idx]
     wi = weight_dq(model, node)
     wdq = model.graph.node[wi]
@@ -123,23 +122,44 @@ def fold_splice(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
         remove.append(wi)
     xi = producer(model, node.input[0])
     xdq = model.graph.node[xi] if xi is not None else None
-    if xdq is not None and xdq.op_type == "DequantizeLinear" and const(model, xdq.input[1]) is not None \
-            and const(model, xdq.input[1]).size == 1 and xdq.input[0] in shapes:
-        # rearrange the quantized tensor (padded with its zero point), then dequantize next to the Conv
-        zx = xdq.input[2] if len(xdq.input) > 2 and xdq.input[2] else None
-        if zx is None:
-            zx = fresh(model, xdq.name + "_zero")
-            model.graph.initializer.append(numpy_helper.from_array(np.array(0, _elem_dtype(model, xdq.input[0])), zx))
-        nodes, y = space_nodes(model, node, xdq.input[0], shapes[node.input[0]], spec, pads, new.kernel, pad_value=zx)
-        xout = fresh(model, node.input[0] + "_s2d")
-        nodes.append(helper.make_node("DequantizeLinear", [y, *xdq.input[1:]], [xout], name=fresh(model, xdq.name + "_s2d")))
-        if consumers(model, node.input[0]) == [idx] and node.input[0] not in {o.name for o in model.graph.output}:
-            remove.append(xi)
+    sx = const(model, xdq.input[1]) if xdq is not None and xdq.op_type == "DequantizeLinear" else None
+    if sx is not None and sx.size == 1 and xdq.input[0] in shapes:
+        nodes, xout = _activation_nodes(model, node, xdq, shapes, spec, pads, new.kernel)
+        still_read = any(node.input[0] in n.input for n in nodes) or node.input[0] in {o.name for o in model.graph.output}
+        if consumers(model, node.input[0]) == [idx] and not still_read:
+            remove.append(xi)  # the old activation DequantizeLinear fed only this Conv
     else:  # float activation: rearrange it as the float fold does
         nodes, xout = space_nodes(model, node, node.input[0], shapes[node.input[0]], spec, pads, new.kernel)
     conv = folded_conv_node(model, node, [xout, wout, *node.input[2:]], new)
     at = idx - sum(1 for r in remove if r < idx)
     return Splice(remove=remove, nodes=nodes + w_nodes + [conv], at=at)
+
+
+def _activation_nodes(model: onnx.ModelProto, node: onnx.NodeProto, xdq: onnx.NodeProto, shapes: dict, spec,
+                      pads: list[int], kernel: tuple[int, ...]) -> tuple[list[onnx.NodeProto], str]:
+    """The rearrangement of a quantized activation, ending in the DequantizeLinear that feeds the folded Conv.
+
+    uint8: ``x_q → [Pad(z_x)] [Slice] SpaceToDepth → DQ`` (integer data movement; ORT fuses DQ→Conv→Q).
+    int8: ``DQ(x_q) → [Pad(0)] [Slice] SpaceToDepth → Q → DQ``: onnxruntime on x86 turns int8 activations
+    into uint8 only on a QuantizeLinear whose single consumer is a DequantizeLinear (``qdq_s8_to_u8.cc``),
+    and fuses int8 QDQ Convs only after that; so the Q→DQ pair must sit next to the Conv. Exact because
+    ``Q(DQ(v)) = v`` for every integer ``v`` (|v - z| ≤ 255 is recovered by rounding) and ``Q(0) = z``.
+    """
+    zx = xdq.input[2] if len(xdq.input) > 2 and xdq.input[2] else None
+    dtype = const(model, zx).dtype if zx else _elem_dtype(model, xdq.input[0])
+    xout = fresh(model, node.input[0] + "_s2d")
+    if dtype == np.uint8:
+        if zx is None:
+            zx = fresh(model, xdq.name + "_zero")
+            model.graph.initializer.append(numpy_helper.from_array(np.array(0, dtype), zx))
+        nodes, y = space_nodes(model, node, xdq.input[0], shapes[node.input[0]], spec, pads, kernel, pad_value=zx)
+        nodes.append(helper.make_node("DequantizeLinear", [y, *xdq.input[1:]], [xout], name=fresh(model, xdq.name + "_s2d")))
+        return nodes, xout
+    nodes, y = space_nodes(model, node, node.input[0], shapes[node.input[0]], spec, pads, kernel)
+    yq = fresh(model, node.input[0] + "_s2d_q")
+    nodes.append(helper.make_node("QuantizeLinear", [y, *xdq.input[1:]], [yq], name=fresh(model, xdq.name + "_s2d_Q")))
+    nodes.append(helper.make_node("DequantizeLinear", [yq, *xdq.input[1:]], [xout], name=fresh(model, xdq.name + "_s2d")))
+    return nodes, xout
 
 
 def _elem_dtype(model: onnx.ModelProto, name: str) -> type:
@@ -164,16 +184,15 @@ def output_units(model: onnx.ModelProto) -> list[float | None]:
     return out
 
 
-def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], optimise: bool) -> list[np.ndarray]:
-    """Outputs under onnxruntime CPU, graph optimisations all on (QLinearConv fusion) or all off."""
+def session(model: onnx.ModelProto, optimise: bool):
+    """An onnxruntime CPU session, graph optimisations all on (QLinearConv fusion) or all off."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimise
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def lsb_error(before: onnx.ModelProto, after: onnx.ModelProto, seed: int = 0, batches: int = 2) -> dict[str, float]:
@@ -188,12 +207,13 @@ def lsb_error(before: onnx.ModelProto, after: onnx.ModelProto, seed: int = 0, ba
     onnx.checker.check_model(after, full_check=True)
     units = output_units(before)
     rng = np.random.default_rng(seed)
+    feeds = [verify._inputs(before, rng, 8) for _ in range(batches)]
     err = {"on": 0.0, "off": 0.0}
     ref = 0.0
-    for _ in range(batches):
-        feeds = verify._inputs(before, rng, 8)
-        for mode in err:
-            for a, b, u in zip(run(before, feeds, mode == "on"), run(after, feeds, mode == "on"), units):
+    for mode in err:
+        sa, sb = session(before, mode == "on"), session(after, mode == "on")
+        for f in feeds:
+            for a, b, u in zip(sa.run(None, f), sb.run(None, f), units):
                 if a.shape != b.shape:
                     err[mode] = float("inf")
                     continue
@@ -227,3 +247,40 @@ def fused_ops(model: onnx.ModelProto) -> list[str]:
         so.log_severity_level = 3
         ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         return [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
+
+
+def quantize(model: onnx.ModelProto, per_channel: bool = True, activation: str = "int8", symmetric: bool = False,
+             batches: int = 3, seed: int = 0) -> onnx.ModelProto:
+    """``model`` quantized by ``onnxruntime.quantization.quantize_static`` (QDQ, int8 weights), calibrated on
+    ``batches`` standard-normal inputs; ``activation`` is ``"int8"`` or ``"uint8"``. For tests and the sweep."""
+    import logging
+    import os
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from pixelfold.onnx import verify
+
+    rng = np.random.default_rng(seed)
+    data = [verify._inputs(model, rng, 8) for _ in range(batches)]
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(data)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    act = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[activation]
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # quantize_static warns about pre-processing on every call
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            src, dst = os.path.join(d, "f.onnx"), os.path.join(d, "q.onnx")
+            onnx.save(model, src)
+            quantize_static(src, dst, _Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            activation_type=act, weight_type=QuantType.QInt8,
+                            extra_options={"ActivationSymmetric": symmetric})
+            return onnx.load(dst)
+    finally:
+        logging.getLogger().setLevel(level)

@@ -250,9 +250,10 @@ def fused_ops(model: onnx.ModelProto) -> list[str]:
 
 
 def quantize(model: onnx.ModelProto, per_channel: bool = True, activation: str = "int8", symmetric: bool = False,
-             batches: int = 3, seed: int = 0) -> onnx.ModelProto:
+             batches: int = 3, seed: int = 0, weight_symmetric: bool = True) -> onnx.ModelProto:
     """``model`` quantized by ``onnxruntime.quantization.quantize_static`` (QDQ, int8 weights), calibrated on
-    ``batches`` standard-normal inputs; ``activation`` is ``"int8"`` or ``"uint8"``. For tests and the sweep."""
+    ``batches`` standard-normal inputs; ``activation`` is ``"int8"`` or ``"uint8"``, ``symmetric`` the
+    activations' ``ActivationSymmetric``. For tests and the sweep."""
     import logging
     import os
     import tempfile
@@ -280,7 +281,8 @@ def quantize(model: onnx.ModelProto, per_channel: bool = True, activation: str =
             onnx.save(model, src)
             quantize_static(src, dst, _Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             activation_type=act, weight_type=QuantType.QInt8,
-                            extra_options={"ActivationSymmetric": symmetric})
+                            extra_options={"ActivationSymmetric": symmetric,
+                                           "WeightSymmetric": weight_symmetric})
             return onnx.load(dst)
     finally:
         logging.getLogger().setLevel(level)

@@ -149,3 +149,27 @@ def test_qdq_lsb_mismatch_is_reverted(monkeypatch):
     new, rep = rewrite_onnx(q)
     assert rep.entries[0].status == "failed" and "> tolerance 0" in rep.entries[0].reason
     assert [n.op_type for n in new.graph.node] == [n.op_type for n in q.graph.node]
+
+
+def test_qdq_weight_quantized_on_input_channels_is_skipped():
+    """Per-channel scales on axis 1 (input channels) would have to be spread over the folded channels: refused."""
+    q = qdq.quantize(_float_model(c=4, o=4, strides=[2, 2], pads=[1, 1, 1, 1]), True, "uint8")
+    wdq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("w_quantized"))
+    next(a for a in wdq.attribute if a.name == "axis").i = 1
+    _, rep = rewrite_onnx(q)
+    assert rep.entries[0].status == "skipped"
+    assert rep.entries[0].reason == "the weight is quantized per channel on axis 1; fold keeps axis 0 (output channels) only"
+
+
+def test_qdq_weight_not_an_integer_initializer_is_skipped():
+    """A weight DequantizeLinear fed by a runtime QuantizeLinear (not a stored integer tensor): skipped."""
+    q = qdq.quantize(_float_model(strides=[2, 2], pads=[1, 1, 1, 1]), True, "uint8")
+    wdq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("w_quantized"))
+    qn = helper.make_node("QuantizeLinear", ["wf", *wdq.input[1:]], ["wq_rt"], axis=0)
+    q.graph.initializer.append(numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "wf"))
+    wdq.input[0] = "wq_rt"
+    q.graph.node.insert(0, qn)
+    _, rep = rewrite_onnx(q)
+    assert rep.entries[0].status == "skipped"
+    assert rep.entries[0].reason.startswith("the weight DequantizeLinear 'w_DequantizeLinear' does not read an integer "
+                                            "initializer")

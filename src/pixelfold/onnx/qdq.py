@@ -107,6 +107,8 @@ def fold_splice(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
     if w_q is None or w_q.dtype.kind not in "iu":
         raise FoldError(f"the weight DequantizeLinear {wdq.name!r} does not read an integer initializer; "
                         "quantize the weights statically (quantize_static) so fold can permute them")
+    if w_q.dtype not in (np.int8, np.uint8):
+        raise FoldError(f"the weight {wdq.input[0]!r} is {w_q.dtype}; fold handles int8 and uint8 QDQ weights only")
     sw, zw, axis = _dq_params(model, wdq, "weight")
     if sw.size > 1 and axis not in (0, -4):
         raise FoldError(f"the weight is quantized per channel on axis {axis}; fold keeps axis 0 (output channels) only")
@@ -146,19 +148,23 @@ def _activation_nodes(model: onnx.ModelProto, node: onnx.NodeProto, xdq: onnx.No
     ``Q(DQ(v)) = v`` for every integer ``v`` (|v - z| ≤ 255 is recovered by rounding) and ``Q(0) = z``.
     """
     zx = xdq.input[2] if len(xdq.input) > 2 and xdq.input[2] else None
-    dtype = const(model, zx).dtype if zx else _elem_dtype(model, xdq.input[0])
+    dtype = np.dtype(const(model, zx).dtype if zx else _elem_dtype(model, xdq.input[0]))
+    if dtype not in (np.int8, np.uint8):
+        raise FoldError(f"the activation {xdq.input[0]!r} is quantized to {dtype}; fold handles int8 and uint8 "
+                        "QDQ activations only")
+    if zx is None:  # explicit zero point: Q without one would output uint8
+        zx = fresh(model, xdq.name + "_zero")
+        model.graph.initializer.append(numpy_helper.from_array(np.array(0, dtype), zx))
+    params = [xdq.input[1], zx]
     xout = fresh(model, node.input[0] + "_s2d")
     if dtype == np.uint8:
-        if zx is None:
-            zx = fresh(model, xdq.name + "_zero")
-            model.graph.initializer.append(numpy_helper.from_array(np.array(0, dtype), zx))
         nodes, y = space_nodes(model, node, xdq.input[0], shapes[node.input[0]], spec, pads, kernel, pad_value=zx)
-        nodes.append(helper.make_node("DequantizeLinear", [y, *xdq.input[1:]], [xout], name=fresh(model, xdq.name + "_s2d")))
+        nodes.append(helper.make_node("DequantizeLinear", [y, *params], [xout], name=fresh(model, xdq.name + "_s2d")))
         return nodes, xout
     nodes, y = space_nodes(model, node, node.input[0], shapes[node.input[0]], spec, pads, kernel)
     yq = fresh(model, node.input[0] + "_s2d_q")
-    nodes.append(helper.make_node("QuantizeLinear", [y, *xdq.input[1:]], [yq], name=fresh(model, xdq.name + "_s2d_Q")))
-    nodes.append(helper.make_node("DequantizeLinear", [yq, *xdq.input[1:]], [xout], name=fresh(model, xdq.name + "_s2d")))
+    nodes.append(helper.make_node("QuantizeLinear", [y, *params], [yq], name=fresh(model, xdq.name + "_s2d_Q")))
+    nodes.append(helper.make_node("DequantizeLinear", [yq, *params], [xout], name=fresh(model, xdq.name + "_s2d")))
     return nodes, xout
 
 

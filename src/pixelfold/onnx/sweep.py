@@ -44,7 +44,7 @@ def _reasons(rep) -> set[str]:
     return {e.reason.split(";")[0].split(" (")[0] for e in rep.skipped + rep.failed}
 
 
-def sweep_one(name: str, size: int = 32, int8: bool = True) -> str:
+def sweep_one(name: str, size: int = 32, int8: bool = True, activation: str = "int8") -> str:
     """One Markdown table row for torchvision model ``name``."""
     from pixelfold.onnx import qdq
     from pixelfold.onnx.api import rewrite_onnx
@@ -57,7 +57,7 @@ def sweep_one(name: str, size: int = 32, int8: bool = True) -> str:
     reasons = _reasons(rep)
     q_cells = ["not run"] * 3 + ["-"]
     if int8:
-        q = qdq.quantize(model, per_channel=True, activation="int8")
+        q = qdq.quantize(model, per_channel=True, activation=activation)
         t0 = time.perf_counter()
         qnew, qrep = rewrite_onnx(q)
         qdt = time.perf_counter() - t0
@@ -77,17 +77,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--no-int8", action="store_true", help="skip the quantized (QDQ) half")
+    p.add_argument("--activation", default="int8", choices=("int8", "uint8"), help="QDQ activation type")
     args = p.parse_args(argv)
     rows = []
     for m in args.models.split(","):
-        rows.append(sweep_one(m, int8=not args.no_int8))
+        rows.append(sweep_one(m, int8=not args.no_int8, activation=args.activation))
         print(rows[-1], flush=True)
     text = ("# pixelfold.onnx sweep (torchvision exports, 1x3x32x32, opset 17, onnxruntime CPU)\n\n"
-            "int8: `quantize_static` QDQ, per channel, int8 weights and activations (asymmetric), 3 random "
+            f"int8: `quantize_static` QDQ, per channel, int8 weights, {args.activation} activations (asymmetric), 3 random "
             "calibration batches; LSB = max |Δ| / output scale over 2 random inputs.\n\n" + HEAD + "\n")
     text += "\n".join(rows) + "\n"
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "onnx_sweep.md").write_text(text)
+    name = "onnx_sweep.md" if args.activation == "int8" else f"onnx_sweep_{args.activation}.md"
+    (Path(args.out) / name).write_text(text)
     print(text)
     return 0
 

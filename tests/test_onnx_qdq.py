@@ -173,3 +173,30 @@ def test_qdq_weight_not_an_integer_initializer_is_skipped():
     assert rep.entries[0].status == "skipped"
     assert rep.entries[0].reason.startswith("the weight DequantizeLinear 'w_DequantizeLinear' does not read an integer "
                                             "initializer")
+
+
+def test_qdq_wrong_weight_is_caught_and_reverted(monkeypatch):
+    """A real mismatch (the folded integer weight off by a few steps) is measured in LSBs and reverted."""
+    q = qdq.quantize(_float_model(strides=[2, 2], pads=[1, 1, 1, 1]), True, "uint8")
+    right = qdq.fold_weight_q
+
+    def off_by_some(*args):
+        w, new = right(*args)
+        return np.clip(w.astype(np.int16) + 9, -128, 127).astype(w.dtype), new
+
+    monkeypatch.setattr(qdq, "fold_weight_q", off_by_some)
+    new, rep = rewrite_onnx(q)
+    assert rep.entries[0].status == "failed", rep.entries[0]
+    assert rep.entries[0].max_error >= 1 and "LSB" in rep.entries[0].note
+    assert [n.op_type for n in new.graph.node] == [n.op_type for n in q.graph.node]
+
+
+def test_cli_rewrite_qdq_file(tmp_path, capsys):
+    from pixelfold import cli
+
+    src, out = tmp_path / "q.onnx", tmp_path / "f.onnx"
+    onnx.save(qdq.quantize(_float_model(strides=[2, 2], pads=[1, 1, 1, 1])), src)
+    assert cli.main(["rewrite", str(src), "--profile", "no_stride", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "int8 QDQ: max |Δ| 0 LSB (ORT optimisations on), 0 LSB (off)" in text
+    assert "SpaceToDepth" in [n.op_type for n in onnx.load(out).graph.node]

@@ -51,7 +51,9 @@ def rewrite_onnx(model: onnx.ModelProto, transforms: tuple[str, ...] = TRANSFORM
     """A rewritten copy of ``model`` (never mutated) and a :class:`~pixelfold.rewrite.RewriteReport`.
 
     Each candidate is rewritten alone, checked with ``onnx.checker`` (full_check) and onnxruntime
-    against the graph before it; a mismatch or error reverts it and is reported as ``failed``.
+    against the graph before it; a mismatch or error reverts it and is reported as ``failed``. Graphs with
+    QuantizeLinear/DequantizeLinear nodes (int8 QDQ) are compared in LSBs of the output scales, with ORT
+    graph optimisations on and off, tolerance 0 (:mod:`pixelfold.onnx.qdq`).
 
     >>> from onnx import helper, TensorProto, numpy_helper
     >>> import numpy as np

@@ -12,6 +12,7 @@ pytest.importorskip("onnxruntime.quantization")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from pixelfold.onnx import qdq  # noqa: E402
+from pixelfold.onnx import qdq_verify as qv  # noqa: E402
 from pixelfold.onnx.api import rewrite_onnx  # noqa: E402
 
 
@@ -26,7 +27,7 @@ def _float_model(c=3, o=4, k=3, hw=(9, 8), group=1, **conv_attrs):
 
 
 def _qlinearconvs(model) -> int:
-    return collections.Counter(qdq.fused_ops(model))["QLinearConv"]
+    return collections.Counter(n.op_type for n in qv.fused_ops(model))["QLinearConv"]
 
 
 def _check(q, n_changed=1):
@@ -35,8 +36,9 @@ def _check(q, n_changed=1):
     assert q.SerializeToString() == before  # the user's model is not mutated
     assert len(rep.changed) == n_changed, [(e.path, e.status, e.reason) for e in rep.entries]
     assert rep.end_to_end_error == 0.0 and rep.end_to_end_tolerance == 0.0
-    e = qdq.lsb_error(q, new, seed=11, batches=3)
-    assert e["on"] == 0.0 and e["off"] == 0.0, e  # bit-identical, ORT optimisations on and off
+    e = qv.measure(q, new, [c.path for c in rep.changed], seed=11, batches=3)
+    assert e["checked"] == n_changed and e["integer"] == 0.0, e  # exact integer accumulators
+    assert e["on"] == 0.0 and e["off"] == 0.0 and e["local_off"] == 0.0, e  # bit-identical, ORT on and off
     # weights stay integer: every Conv weight comes from a DequantizeLinear of an integer initializer
     inits = {t.name: numpy_helper.to_array(t) for t in new.graph.initializer}
     for conv in (n for n in new.graph.node if n.op_type == "Conv"):
@@ -52,7 +54,7 @@ def _check(q, n_changed=1):
 @pytest.mark.parametrize("activation", ["int8", "uint8"])
 @pytest.mark.parametrize("symmetric", [False, True], ids=["asym", "sym"])
 def test_qdq_fold_bit_identical(per_channel, activation, symmetric):
-    q = qdq.quantize(_float_model(strides=[2, 2], pads=[1, 1, 1, 1]), per_channel, activation, symmetric)
+    q = qv.quantize(_float_model(strides=[2, 2], pads=[1, 1, 1, 1]), per_channel, activation, symmetric)
     new, _, fused = _check(q)
     assert fused == (1, 1)
     ops = [n.op_type for n in new.graph.node]
@@ -73,14 +75,14 @@ CASES = [
 @pytest.mark.parametrize("activation", ["int8", "uint8"])
 @pytest.mark.parametrize("attrs", CASES, ids=lambda a: ",".join(f"{k}={v}" for k, v in a.items()))
 def test_qdq_fold_pads_and_strides(attrs, activation):
-    _check(qdq.quantize(_float_model(hw=(11, 8), **attrs), True, activation))
+    _check(qv.quantize(_float_model(hw=(11, 8), **attrs), True, activation))
 
 
 def test_qdq_where_the_nodes_go():
     """uint8: data movement on the quantized tensor; int8: between DQ and a Q→DQ pair next to the Conv."""
     m = _float_model(strides=[2, 2], pads=[1, 1, 1, 1])
-    u8, _ = rewrite_onnx(qdq.quantize(m, activation="uint8"))
-    s8, _ = rewrite_onnx(qdq.quantize(m, activation="int8"))
+    u8, _ = rewrite_onnx(qv.quantize(m, activation="uint8"))
+    s8, _ = rewrite_onnx(qv.quantize(m, activation="int8"))
 
     def chain(model):  # op types from the activation's QuantizeLinear to the Conv's QuantizeLinear
         ops, name = [], next(n for n in model.graph.node if n.op_type == "QuantizeLinear").output[0]
@@ -100,7 +102,7 @@ def test_qdq_where_the_nodes_go():
 def test_qdq_weight_zero_point_taps():
     """Non-zero int8 weight zero points (set by hand: quantize_static makes int8 weights symmetric): the
     folded weight's new taps hold each output channel's zero point."""
-    q = qdq.quantize(_float_model(o=5, strides=[2, 2], pads=[1, 1, 1, 1]), True, "uint8")
+    q = qv.quantize(_float_model(o=5, strides=[2, 2], pads=[1, 1, 1, 1]), True, "uint8")
     zw = np.array([3, -7, 0, 11, -1], np.int8)
     for i, t in enumerate(q.graph.initializer):
         if t.name.endswith("w_zero_point"):
@@ -129,7 +131,7 @@ def test_qdq_shared_activation_two_strided_branches():
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     for act in ("int8", "uint8"):
-        new, _, fused = _check(qdq.quantize(m, activation=act), n_changed=2)
+        new, _, fused = _check(qv.quantize(m, activation=act), n_changed=2)
         # int8: the shared Q→DQ has 2 consumers, so ORT fuses neither conv before; after, each has its own pair
         assert fused == ((0, 2) if act == "int8" else (2, 2))
         used = {i for n in new.graph.node for i in n.input}
@@ -137,47 +139,24 @@ def test_qdq_shared_activation_two_strided_branches():
 
 
 def test_qdq_grouped_is_skipped_with_reason():
-    _, rep = rewrite_onnx(qdq.quantize(_float_model(c=4, o=4, group=2, strides=[2, 2], pads=[1, 1, 1, 1])))
+    _, rep = rewrite_onnx(qv.quantize(_float_model(c=4, o=4, group=2, strides=[2, 2], pads=[1, 1, 1, 1])))
     assert rep.entries[0].status == "skipped"
     assert "interleaves channels of different groups" in rep.entries[0].reason
 
 
 def test_qdq_lsb_mismatch_is_reverted(monkeypatch):
-    """Fail closed: one LSB off (here faked) and the QDQ rewrite is reverted."""
-    q = qdq.quantize(_float_model(strides=[2, 2], pads=[1, 1, 1, 1]))
-    monkeypatch.setattr(qdq, "lsb_error", lambda a, b, seed=0, batches=2: {"on": 1.0, "off": 0.0, "max_ref": 1.0})
+    """Fail closed: one LSB off with ORT optimisations on (here faked) and the QDQ rewrite is reverted."""
+    q = qv.quantize(_float_model(strides=[2, 2], pads=[1, 1, 1, 1]))
+    fake = {"integer": 0.0, "on": 1.0, "off": 0.0, "local_off": 0.0, "fused": 1.0, "max_ref": 1.0, "checked": 1.0}
+    monkeypatch.setattr(qv, "measure", lambda *a, **k: fake)
     new, rep = rewrite_onnx(q)
     assert rep.entries[0].status == "failed" and "> tolerance 0" in rep.entries[0].reason
     assert [n.op_type for n in new.graph.node] == [n.op_type for n in q.graph.node]
 
 
-def test_qdq_weight_quantized_on_input_channels_is_skipped():
-    """Per-channel scales on axis 1 (input channels) would have to be spread over the folded channels: refused."""
-    q = qdq.quantize(_float_model(c=4, o=4, strides=[2, 2], pads=[1, 1, 1, 1]), True, "uint8")
-    wdq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("w_quantized"))
-    next(a for a in wdq.attribute if a.name == "axis").i = 1
-    _, rep = rewrite_onnx(q)
-    assert rep.entries[0].status == "skipped"
-    assert rep.entries[0].reason == "the weight is quantized per channel on axis 1; fold keeps axis 0 (output channels) only"
-
-
-def test_qdq_weight_not_an_integer_initializer_is_skipped():
-    """A weight DequantizeLinear fed by a runtime QuantizeLinear (not a stored integer tensor): skipped."""
-    q = qdq.quantize(_float_model(strides=[2, 2], pads=[1, 1, 1, 1]), True, "uint8")
-    wdq = next(n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("w_quantized"))
-    qn = helper.make_node("QuantizeLinear", ["wf", *wdq.input[1:]], ["wq_rt"], axis=0)
-    q.graph.initializer.append(numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "wf"))
-    wdq.input[0] = "wq_rt"
-    q.graph.node.insert(0, qn)
-    _, rep = rewrite_onnx(q)
-    assert rep.entries[0].status == "skipped"
-    assert rep.entries[0].reason.startswith("the weight DequantizeLinear 'w_DequantizeLinear' does not read an integer "
-                                            "initializer")
-
-
 def test_qdq_wrong_weight_is_caught_and_reverted(monkeypatch):
     """A real mismatch (the folded integer weight off by a few steps) is measured in LSBs and reverted."""
-    q = qdq.quantize(_float_model(strides=[2, 2], pads=[1, 1, 1, 1]), True, "uint8")
+    q = qv.quantize(_float_model(strides=[2, 2], pads=[1, 1, 1, 1]), True, "uint8")
     right = qdq.fold_weight_q
 
     def off_by_some(*args):
@@ -187,7 +166,7 @@ def test_qdq_wrong_weight_is_caught_and_reverted(monkeypatch):
     monkeypatch.setattr(qdq, "fold_weight_q", off_by_some)
     new, rep = rewrite_onnx(q)
     assert rep.entries[0].status == "failed", rep.entries[0]
-    assert rep.entries[0].max_error >= 1 and "LSB" in rep.entries[0].note
+    assert rep.entries[0].max_error >= 1 and "integer accumulators max |Δ|" in rep.entries[0].note
     assert [n.op_type for n in new.graph.node] == [n.op_type for n in q.graph.node]
 
 
@@ -195,8 +174,8 @@ def test_cli_rewrite_qdq_file(tmp_path, capsys):
     from pixelfold import cli
 
     src, out = tmp_path / "q.onnx", tmp_path / "f.onnx"
-    onnx.save(qdq.quantize(_float_model(strides=[2, 2], pads=[1, 1, 1, 1])), src)
+    onnx.save(qv.quantize(_float_model(strides=[2, 2], pads=[1, 1, 1, 1])), src)
     assert cli.main(["rewrite", str(src), "--profile", "no_stride", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "int8 QDQ: max |Δ| 0 LSB (ORT optimisations on), 0 LSB (off)" in text
+    assert "int8 QDQ: integer accumulators max |Δ| 0 (1 conv); ORT optimisations on: 0 LSB (original conv fused" in text
     assert "SpaceToDepth" in [n.op_type for n in onnx.load(out).graph.node]

@@ -14,8 +14,7 @@ A QDQ Conv reads ``DequantizeLinear(x_q)`` and ``DequantizeLinear(w_q, s_w, z_w,
 - DQ is elementwise and ``DQ(z_x) = 0`` exactly, so the graph computes the same reals; the integer
   accumulation of QLinearConv sees the same non-zero products, so its int32 sums and outputs are identical.
 
-Verification: :func:`lsb_error` runs both graphs in onnxruntime with graph optimisations on (QLinearConv)
-and off (float DQ → Conv → Q) and measures max |Δ| in LSBs of each output's DequantizeLinear scale.
+Verification: :mod:`pixelfold.onnx.qdq_verify` (exact integer accumulators; onnxruntime on and off in LSBs).
 """
 
 from __future__ import annotations
@@ -32,8 +31,6 @@ from pixelfold.onnx.patterns import Splice
 from pixelfold.transforms import to_depth_weight
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
-#: per-rewrite tolerance, in LSBs of each output's scale, with ORT optimisations on and off alike
-TOLERANCE_LSB = 0.0
 
 
 def is_qdq(model: onnx.ModelProto) -> bool:
@@ -174,121 +171,3 @@ def _elem_dtype(model: onnx.ModelProto, name: str) -> type:
         if vi.name == name:
             return helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
     raise FoldError(f"the type of {name!r} is unknown; run onnx.shape_inference.infer_shapes first")
-
-
-# ---------------------------------------------------------------------------- verification in LSBs
-def output_units(model: onnx.ModelProto) -> list[float | None]:
-    """Per graph output: the scale of the DequantizeLinear producing it (one LSB), None if there is none."""
-    out: list[float | None] = []
-    for o in model.graph.output:
-        i = producer(model, o.name)
-        s = None
-        if i is not None and model.graph.node[i].op_type == "DequantizeLinear":
-            v = const(model, model.graph.node[i].input[1])
-            s = float(np.abs(v).reshape(-1)[0]) if v is not None and v.size == 1 else None
-        out.append(s)
-    return out
-
-
-def session(model: onnx.ModelProto, optimise: bool):
-    """An onnxruntime CPU session, graph optimisations all on (QLinearConv fusion) or all off."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimise
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
-def lsb_error(before: onnx.ModelProto, after: onnx.ModelProto, seed: int = 0, batches: int = 2) -> dict[str, float]:
-    """Max |Δ| of the outputs in LSBs of their DequantizeLinear scale, optimisations ``"on"`` and ``"off"``
-    (and ``"max_ref"``: the largest |output| of ``before``).
-
-    Outputs not produced by a DequantizeLinear are measured in units of the float tolerance
-    (:func:`pixelfold.onnx.verify.tolerance` of their largest value). Inputs: standard normal, ``batches`` draws.
-    """
-    from pixelfold.onnx import verify
-
-    onnx.checker.check_model(after, full_check=True)
-    units = output_units(before)
-    rng = np.random.default_rng(seed)
-    feeds = [verify._inputs(before, rng, 8) for _ in range(batches)]
-    err = {"on": 0.0, "off": 0.0}
-    ref = 0.0
-    for mode in err:
-        sa, sb = session(before, mode == "on"), session(after, mode == "on")
-        for f in feeds:
-            for a, b, u in zip(sa.run(None, f), sb.run(None, f), units):
-                if a.shape != b.shape:
-                    err[mode] = float("inf")
-                    continue
-                if not a.size:
-                    continue
-                d = float(np.max(np.abs(a.astype(np.float64) - b)))
-                ref = max(ref, float(np.max(np.abs(a))))
-                unit = u if u else verify.tolerance(float(np.max(np.abs(a))))
-                err[mode] = max(err[mode], d / unit)
-    return {**err, "max_ref": ref}
-
-
-def compare(before: onnx.ModelProto, after: onnx.ModelProto, seed: int = 0) -> tuple[float, float, str, float]:
-    """``(max LSB, tolerance in LSB, note, max |y|)``: the worse of optimisations on and off, and each measured."""
-    e = lsb_error(before, after, seed)
-    note = f"int8 QDQ: max |Δ| {e['on']:.3g} LSB (ORT optimisations on), {e['off']:.3g} LSB (off)"
-    return max(e["on"], e["off"]), TOLERANCE_LSB, note, e["max_ref"]
-
-
-def fused_ops(model: onnx.ModelProto) -> list[str]:
-    """Op types of the graph onnxruntime (CPU, ORT_ENABLE_ALL) actually runs: shows QLinearConv fusion."""
-    import os
-    import tempfile
-
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as d:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.optimized_model_filepath = os.path.join(d, "opt.onnx")
-        so.log_severity_level = 3
-        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        return [n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node]
-
-
-def quantize(model: onnx.ModelProto, per_channel: bool = True, activation: str = "int8", symmetric: bool = False,
-             batches: int = 3, seed: int = 0, weight_symmetric: bool = True) -> onnx.ModelProto:
-    """``model`` quantized by ``onnxruntime.quantization.quantize_static`` (QDQ, int8 weights), calibrated on
-    ``batches`` standard-normal inputs; ``activation`` is ``"int8"`` or ``"uint8"``, ``symmetric`` the
-    activations' ``ActivationSymmetric``. For tests and the sweep."""
-    import logging
-    import os
-    import tempfile
-
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-    from pixelfold.onnx import verify
-
-    rng = np.random.default_rng(seed)
-    data = [verify._inputs(model, rng, 8) for _ in range(batches)]
-
-    class _Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(data)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    act = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[activation]
-    level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # quantize_static warns about pre-processing on every call
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            src, dst = os.path.join(d, "f.onnx"), os.path.join(d, "q.onnx")
-            onnx.save(model, src)
-            quantize_static(src, dst, _Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                            activation_type=act, weight_type=QuantType.QInt8,
-                            extra_options={"ActivationSymmetric": symmetric,
-                                           "WeightSymmetric": weight_symmetric})
-            return onnx.load(dst)
-    finally:
-        logging.getLogger().setLevel(level)

@@ -11,7 +11,8 @@ Three measurements per rewritten Conv (``anchors``), on standard-normal inputs:
    float Conv, this only measures the original's float rounding (reported, not gated).
 3. **ORT optimisations off**: the Conv runs in float32 between DQ and Q and the fold reorders its sum, so the
    conv's own QuantizeLinear output may differ by one LSB where the float sum lies within its rounding error of a
-   rounding boundary: gated at ``LOCAL_OFF_LSB`` = 1 LSB there; graph outputs reported.
+   rounding boundary: gated at ``LOCAL_OFF_LSB`` = 1 LSB there (one rewrite at a time; across several rewrites a
+   flip propagates into the next folded conv, so the end-to-end check reports it only); graph outputs reported.
 """
 
 from __future__ import annotations
@@ -150,18 +151,21 @@ def measure(before: onnx.ModelProto, after: onnx.ModelProto, anchors: list[str],
         qs = [before.graph.node[i] for i in consumers(before, convs["b"][name].output[0])]
         if len(qs) == 1 and qs[0].op_type == "QuantizeLinear":
             local.append(qs[0].output[0])
+    # both convolutions' integer inputs are read from one run of ``after`` (the original conv's quantized input
+    # is still there: the new rearrangement reads it), so upstream differences cannot enter the comparison
+    have = {o for n in after.graph.node for o in n.output} | {i.name for i in after.graph.input}
+    ops = [(ob, oa) for ob, oa in ops if ob[0] in have]
     res["checked"] = float(len(ops))
-    xb, xa = [o[0][0] for o in ops], [o[1][0] for o in ops]
-    sb = session(_with_outputs(before, xb + local), False)
-    sa = session(_with_outputs(after, xa + local), False)
+    sb = session(_with_outputs(before, local), False)
+    sa = session(_with_outputs(after, [o[0][0] for o in ops] + [o[1][0] for o in ops] + local), False)
+    k = n_out + 2 * len(ops)
     for f in feeds:
         rb, ra = sb.run(None, f), sa.run(None, f)
         res["off"] = max(res["off"], _lsb((rb[:n_out], ra[:n_out]), units))
-        k = n_out + len(ops)
-        res["local_off"] = max(res["local_off"], _lsb((rb[k:], ra[k:]), [1.0] * len(local)))
+        res["local_off"] = max(res["local_off"], _lsb((rb[n_out:], ra[k:]), [1.0] * len(local)))
         for j, (ob, oa) in enumerate(ops):
-            acc_b = _accumulators(rb[n_out + j], *ob[1:])
-            acc_a = _accumulators(ra[n_out + j], *oa[1:])
+            acc_b = _accumulators(ra[n_out + j], *ob[1:])
+            acc_a = _accumulators(ra[n_out + len(ops) + j], *oa[1:])
             res["integer"] = max(res["integer"], float("inf") if acc_a.shape != acc_b.shape
                                  else float(np.max(np.abs(acc_a - acc_b))))
     return res
@@ -176,10 +180,14 @@ def compare(before: onnx.ModelProto, after: onnx.ModelProto, seed: int = 0,
         anchors = [n.name for n in after.graph.node if n.op_type == "Conv"
                    and n.name in {m.name for m in before.graph.node if m.op_type == "Conv"}]
     e = measure(before, after, anchors, seed)
-    excess = max(e["integer"], e["on"] if e["fused"] else 0.0, e["local_off"] - LOCAL_OFF_LSB)
+    # several anchors (the end-to-end check): a flip at one folded conv propagates into the next one's
+    # quantized output, so the 1-LSB bound holds per rewrite only; it is then reported, not gated
+    local = e["local_off"] - LOCAL_OFF_LSB if len(anchors) == 1 else 0.0
+    excess = max(e["integer"], e["on"] if e["fused"] else 0.0, local)
     note = (f"int8 QDQ: integer accumulators max |Δ| {e['integer']:g} ({e['checked']:g} conv); ORT optimisations on: {e['on']:g} LSB "
             f"(original conv {'fused, gate 0' if e['fused'] else 'not fused by ORT: float, not gated'}); "
-            f"off: {e['off']:g} LSB at the outputs, {e['local_off']:g} LSB at the conv (gate {LOCAL_OFF_LSB:g})")
+            f"off: {e['off']:g} LSB at the outputs, {e['local_off']:g} LSB at the conv"
+            f"{f' (gate {LOCAL_OFF_LSB:g})' if len(anchors) == 1 else 's (with propagated differences, not gated)'}")
     return max(excess, 0.0), 0.0, note, e["max_ref"]
 
 

@@ -19,8 +19,8 @@ MODELS = ("mobilenet_v3_small", "resnet18", "squeezenet1_0", "shufflenet_v2_x0_5
           "squeezenet1_1", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "regnet_x_400mf",
           "regnet_y_400mf")
 HEAD = ("| model | rewrites applied (float) | not rewritten | max abs error float (end to end) | int8 QDQ rewrites "
-        "| int8 integer accumulators max abs Δ | int8 LSB end to end, ORT opt. on / off | int8 LSB at the folded convs, "
-        "ORT opt. off | QLinearConv (ORT) before → after | time float / int8 | reasons |\n"
+        "| int8 integer accumulators max abs Δ | int8 LSB end to end, ORT opt. on / off | int8 LSB at the folded convs "
+        "(propagated differences included), ORT opt. off | QLinearConv (ORT) before → after | time float / int8 | reasons |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|")
 
 

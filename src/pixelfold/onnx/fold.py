@@ -44,41 +44,43 @@ def conv_pads(node: onnx.NodeProto, in_hw: list[int], k: list[int], s: list[int]
     return lo + hi
 
 
-def fold_conv(model: onnx.ModelProto, node: onnx.NodeProto, in_shape: list[int]) -> list[onnx.NodeProto]:
-    """Replacement nodes for ``node`` (a stride>1 2-D Conv); adds initializers to ``model``.
-
-    Raises :class:`FoldError` when the conv is not foldable (reason in the message).
-    """
+def fold_plan(node: onnx.NodeProto, w_shape: tuple[int, ...], in_shape: list[int]) -> tuple[ConvSpec, int, list[int]]:
+    """``(spec without padding, block, explicit [t, l, b, r] pads)`` of a foldable Conv, or :class:`FoldError`."""
     if len(in_shape) != 4:
         raise FoldError(f"fold handles 2-D convs (rank-4 input); this input has rank {len(in_shape)}")
-    w = const(model, node.input[1])
-    if w is None:
-        raise FoldError(f"the weight {node.input[1]!r} is not an initializer; fold needs constant weights")
     a = attrs(node)
-    k = list(w.shape[2:])
+    k = list(w_shape[2:])
     s = list(a.get("strides", [1, 1]))
     d = list(a.get("dilations", [1, 1]))
     g = int(a.get("group", 1))
     if s[0] != s[1] or s[0] < 2:
         raise FoldError(f"strides {s}: fold needs equal strides > 1")
-    b = s[0]
     pads = conv_pads(node, in_shape[2:], k, s, d)
-    spec = ConvSpec.make(w.shape[1] * g, w.shape[0], k, stride=s, padding=0, dilation=d, groups=g)
-    tw, new = to_depth_weight(torch.from_numpy(np.array(w)).double(), spec, b, order="dcr")
+    return ConvSpec.make(w_shape[1] * g, w_shape[0], k, stride=s, padding=0, dilation=d, groups=g), s[0], pads
+
+
+def space_nodes(model: onnx.ModelProto, node: onnx.NodeProto, x: str, in_shape: list[int], spec: ConvSpec,
+                pads: list[int], kernel: tuple[int, ...], pad_value: str | None = None) -> tuple[list[onnx.NodeProto], str]:
+    """``([Pad] [Slice] SpaceToDepth, output name)`` feeding the folded conv (kernel ``kernel``) from ``x``.
+
+    ``pad_value`` names a scalar initializer for Pad's constant (the zero point when ``x`` is quantized);
+    None pads with 0. Adds the pads/slice initializers to ``model``.
+    """
+    b, k, s, d = spec.stride[0], spec.kernel, spec.stride, spec.dilation
     nodes: list[onnx.NodeProto] = []
-    x = node.input[0]
     ends = []
     for i in range(2):
         padded = in_shape[2 + i] + pads[i] + pads[2 + i]
         out = (padded - (d[i] * (k[i] - 1) + 1)) // s[i] + 1
-        need = b * (out - 1 + new.kernel[i])
+        need = b * (out - 1 + kernel[i])
         ends.append(need - (in_shape[2 + i] + pads[i]))  # extra (>0) or cut (<0) at the far end
     hi = [max(e, 0) for e in ends]
     if any(pads[:2]) or any(hi):
         pname = fresh(model, node.name + "_pads")
         model.graph.initializer.append(numpy_helper.from_array(np.array([0, 0, pads[0], pads[1], 0, 0, hi[0], hi[1]], np.int64), pname))
         y = fresh(model, node.name + "_padded")
-        nodes.append(helper.make_node("Pad", [x, pname], [y], name=fresh(model, node.name + "_Pad"), mode="constant"))
+        ins = [x, pname] + ([pad_value] if pad_value else [])
+        nodes.append(helper.make_node("Pad", ins, [y], name=fresh(model, node.name + "_Pad"), mode="constant"))
         x = y
     if any(e < 0 for e in ends):
         st, en, ax = (fresh(model, node.name + n) for n in ("_st", "_en", "_ax"))
@@ -90,18 +92,40 @@ def fold_conv(model: onnx.ModelProto, node: onnx.NodeProto, in_shape: list[int])
         x = y
     y = fresh(model, node.name + "_s2d")
     nodes.append(helper.make_node("SpaceToDepth", [x], [y], name=fresh(model, node.name + "_S2D"), blocksize=b))
+    return nodes, y
+
+
+def fold_conv(model: onnx.ModelProto, node: onnx.NodeProto, in_shape: list[int]) -> list[onnx.NodeProto]:
+    """Replacement nodes for ``node`` (a stride>1 2-D Conv); adds initializers to ``model``.
+
+    Raises :class:`FoldError` when the conv is not foldable (reason in the message).
+    """
+    w = const(model, node.input[1])
+    if w is None:
+        raise FoldError(f"the weight {node.input[1]!r} is not an initializer; fold needs constant weights")
+    spec, b, pads = fold_plan(node, w.shape, in_shape)
+    tw, new = to_depth_weight(torch.from_numpy(np.array(w)).double(), spec, b, order="dcr")
+    nodes, y = space_nodes(model, node, node.input[0], in_shape, spec, pads, new.kernel)
     wname = fresh(model, node.input[1] + "_folded")
     model.graph.initializer.append(numpy_helper.from_array(tw.numpy().astype(w.dtype), wname))
-    inputs = [y, wname] + list(node.input[2:])
-    nodes.append(helper.make_node("Conv", inputs, list(node.output), name=node.name or fresh(model, "Conv"),
-                                  kernel_shape=list(new.kernel), group=g))
+    nodes.append(folded_conv_node(model, node, [y, wname] + list(node.input[2:]), new))
     return nodes
+
+
+def folded_conv_node(model: onnx.ModelProto, node: onnx.NodeProto, inputs: list[str], new: ConvSpec) -> onnx.NodeProto:
+    """The stride-1, padding-free Conv that replaces ``node`` (same name and outputs)."""
+    return helper.make_node("Conv", inputs, list(node.output), name=node.name or fresh(model, "Conv"),
+                            kernel_shape=list(new.kernel), group=new.groups)
 
 
 def _build(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
     node = model.graph.node[idx]
     if node.input[0] not in shapes:
         raise FoldError("input shape is not static; fold needs it")
+    from pixelfold.onnx import qdq  # int8 QDQ graphs: the weight comes from a DequantizeLinear
+
+    if qdq.weight_dq(model, node) is not None:
+        return qdq.fold_splice(model, idx, shapes)
     return Splice(remove=[idx], nodes=fold_conv(model, node, shapes[node.input[0]]))
 
 

@@ -52,3 +52,15 @@ def max_error(before: onnx.ModelProto, after: onnx.ModelProto, seed: int = 0) ->
 def tolerance(scale: float, dtype: type = np.float32) -> float:
     """A float32 tolerance: a few ULPs of the largest output, summed over accumulation order."""
     return 1e-5 * max(scale, 1.0) if dtype == np.float32 else 1e-12 * max(scale, 1.0)
+
+
+def compare(before: onnx.ModelProto, after: onnx.ModelProto, seed: int = 0,
+            anchors: list[str] | None = None) -> tuple[float, float, str, float]:
+    """``(max |Δ|, tolerance, note, max |y|)``: float graphs by :func:`max_error`; int8 QDQ graphs by
+    :func:`pixelfold.onnx.qdq_verify.compare` (exact integer check of the ``anchors`` Convs, ORT in LSBs)."""
+    from pixelfold.onnx import qdq, qdq_verify
+
+    if qdq.is_qdq(before):
+        return qdq_verify.compare(before, after, seed, anchors)
+    err, scale = max_error(before, after, seed)
+    return err, tolerance(scale), "", scale

@@ -9,8 +9,10 @@ import onnx
 
 from pixelfold.errors import FoldError
 from pixelfold.onnx import graph, qdq, verify
-from pixelfold.onnx.patterns import PATTERNS, Pattern
+from pixelfold.onnx.patterns import PATTERNS, Pattern, load_builtin
 from pixelfold.rewrite import LayerChange, RewriteReport
+
+load_builtin()
 
 #: the default transforms (the ``no_stride`` profile)
 TRANSFORMS = ("fold", "subpixel")

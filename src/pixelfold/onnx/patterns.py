@@ -60,7 +60,10 @@ def register(pattern: Pattern) -> Pattern:
     return pattern
 
 
-def _load_builtin() -> None:
+def load_builtin() -> None:
+    """Import the built-in pattern modules (each registers itself). Called by :mod:`pixelfold.onnx.api` once
+    its own imports are done, not here: the pattern modules import each other's helpers, and loading them
+    while this module is half-initialised made import order matter (a circular import)."""
     from pixelfold.onnx import fold  # noqa: F401  (registers "fold")
     from pixelfold.onnx import transposed  # noqa: F401  (registers "transposed")
     from pixelfold.onnx import subpixel  # noqa: F401  (registers "subpixel", "subpixel_crd")
@@ -68,6 +71,3 @@ def _load_builtin() -> None:
     from pixelfold.onnx import merge  # noqa: F401  (registers "merge")
     from pixelfold.onnx import dcr_flip  # noqa: F401  (registers "dcr_flip")
     from pixelfold.onnx import rtr  # noqa: F401  (registers "rtr")
-
-
-_load_builtin()

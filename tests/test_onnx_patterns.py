@@ -306,7 +306,7 @@ def test_merge_is_exact(case):
 
 
 def test_merge_order_confusion_is_caught(monkeypatch):
-    _swapped(monkeypatch, merge, "S2D_ORDER")
+    _swapped(monkeypatch, transposed, "ORDER_OF_MODE")  # what s2d_order reads
     _, rep = rewrite_onnx(_s2d_conv(pads=[1, 1, 1, 1]), ("merge",))
     assert rep.entries[0].status == "failed" and rep.entries[0].max_error > 0.1
 
@@ -459,3 +459,28 @@ def test_torch_export_pixel_unshuffle_shuffle_and_convtranspose():
     assert [e.transform for e in rep.changed] == ["merge", "transposed", "subpixel"]
     assert [n.op_type for n in new.graph.node] == ["Conv", "Relu", "ConvTranspose", "Conv", "DepthToSpace"]
     assert rep.end_to_end_error <= rep.end_to_end_tolerance
+
+
+def _s2d_model(mode=None, opset=28):
+    from onnx import TensorProto, helper
+
+    kw = {"mode": mode} if mode else {}
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 2, 3])
+    g = helper.make_graph([helper.make_node("SpaceToDepth", ["x"], ["y"], name="s2d", blocksize=2, **kw)], "g", [x], [y])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize("mode", [None, "DCR", "CRD"])
+def test_onehot_s2d_reads_the_opset_28_mode(mode):
+    """ONNX's own backend case test_spacetodepth_crd_mode_example: the one-hot weight was DCR whatever the mode."""
+    new, rep = rewrite_onnx(_s2d_model(mode), ("onehot_s2d",))
+    assert rep.entries[0].status == "changed" and rep.entries[0].max_error == 0.0
+
+
+def test_a_failed_attempt_is_not_hidden_by_a_later_skip(monkeypatch):
+    """Before: onehot_s2d failed verification, merge then skipped, and the entry read 'skipped'."""
+    _swapped(monkeypatch, transposed, "ORDER_OF_MODE")
+    _, rep = rewrite_onnx(_s2d_model("CRD"), ("onehot_s2d", "merge"))
+    e = rep.entries[0]
+    assert e.status == "failed" and e.reason.startswith("onehot_s2d: max |Δ|")

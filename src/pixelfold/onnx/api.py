@@ -89,10 +89,15 @@ def rewrite_onnx(model: onnx.ModelProto, transforms: tuple[str, ...] = TRANSFORM
             continue
         entry = LayerChange(path=name, type=node.op_type, before=_describe(node))
         report.entries.append(entry)
+        failed: list[str] = []
         for pattern in (p for p in todo if p.applies(node)):
             cur = _try(cur, idx, pattern, entry)
             if entry.status == "changed":
                 break
+            if entry.status == "failed":
+                failed.append(entry.reason)
+        if failed and entry.status != "changed":  # a failed attempt stays failed: a later pattern's skip must not hide it
+            entry.status, entry.reason = "failed", "; ".join(failed)
     if report.changed:
         err, tol, note, scale = verify.compare(model, cur, seed=1, anchors=[e.path for e in report.changed])
         report.end_to_end_error, report.end_to_end_tolerance, report.end_to_end_scale = err, tol, scale

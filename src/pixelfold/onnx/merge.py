@@ -30,19 +30,18 @@ from pixelfold.onnx.graph import attrs, const, fresh
 from pixelfold.onnx.nodes import dense_index, dims, gather, init, sole_consumer, text
 from pixelfold.onnx.patterns import Pattern, Splice, register
 from pixelfold.onnx.rtr import match, rearranging
+from pixelfold.onnx.transposed import s2d_order
 from pixelfold.probe import _regroup
 from pixelfold.spec import ConvSpec
 from pixelfold.transforms import to_space_weight
 
-#: the channel order of ONNX SpaceToDepth
-S2D_ORDER = "dcr"
 
 
 def _step(model: onnx.ModelProto, idx: int, shapes: dict) -> tuple[list[int], str, str, int, str]:
     """The space-to-depth step anchored at ``idx``: ``(node indices, input, output, block, order)``."""
     node = model.graph.node[idx]
     if node.op_type == "SpaceToDepth":
-        return [idx], node.input[0], node.output[0], int(attrs(node)["blocksize"]), S2D_ORDER
+        return [idx], node.input[0], node.output[0], *s2d_order(node)
     m = match(model, idx, shapes, "merge")
     if m.op != "SpaceToDepth":
         raise FoldError(f"merge: the Reshape -> Transpose -> Reshape is a {m.op}, not a space-to-depth")

@@ -2,7 +2,7 @@
 
 For runtimes that run convolutions but not the rearrangement ops (NVIDIA DLA rebuilds them this way).
 The weight is :func:`pixelfold.onehot.onehot_weight` (kernel = stride = block, one 1 per output): in
-order ``"dcr"`` for SpaceToDepth (its only order), and in the order of the DepthToSpace's ``mode`` (DCR
+the order of the SpaceToDepth's ``mode`` (DCR, or CRD from opset 28), and in the order of the DepthToSpace's ``mode`` (DCR
 default, CRD). It needs the channel count, so the input's channel dim must be static (batch, height and
 width may be dynamic). Exact for finite inputs; an ``inf``/``NaN`` input turns into ``NaN``
 wherever a zero tap meets it (``0*inf``), where the rearrangement would only move it.
@@ -28,16 +28,16 @@ from pixelfold.onehot import onehot_weight
 from pixelfold.onnx.graph import attrs, fresh
 from pixelfold.onnx.nodes import dims, elem_dtype, init
 from pixelfold.onnx.patterns import Pattern, Splice, register
-from pixelfold.onnx.transposed import d2s_order
+from pixelfold.onnx.transposed import d2s_order, s2d_order
 
 
 def _s2d(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
     node = model.graph.node[idx]
-    b = int(attrs(node)["blocksize"])
+    b, order = s2d_order(node)
     N, C, H, W = dims(model, node.input[0], "onehot_s2d", "C", "for the one-hot weight")
     if (H or 0) % b or (W or 0) % b:
         raise FoldError(f"onehot_s2d: spatial size {H}x{W} is not divisible by blocksize {b}")
-    w = onehot_weight(C, (b, b), "dcr").numpy().astype(elem_dtype(model, node.input[0]))
+    w = onehot_weight(C, (b, b), order).numpy().astype(elem_dtype(model, node.input[0]))
     conv = helper.make_node("Conv", [node.input[0], init(model, w, (node.name or "s2d") + "_onehot")],
                             list(node.output), name=fresh(model, (node.name or "s2d") + "_onehot"),
                             kernel_shape=[b, b], strides=[b, b])

@@ -45,6 +45,20 @@ def d2s_order(node: onnx.NodeProto) -> tuple[int, str]:
     return int(a["blocksize"]), ORDER_OF_MODE[mode]
 
 
+def s2d_order(node: onnx.NodeProto) -> tuple[int, str]:
+    """``(blocksize, order)`` of a SpaceToDepth node: DCR, or the ``mode`` opset 28 added (``CRD``).
+
+    >>> from onnx import helper
+    >>> s2d_order(helper.make_node("SpaceToDepth", ["x"], ["y"], blocksize=2, mode="CRD"))
+    (2, 'crd')
+    """
+    a = attrs(node)
+    mode = text(a.get("mode"), "DCR").upper()
+    if mode not in ORDER_OF_MODE:
+        raise FoldError(f"SpaceToDepth mode {mode!r} is not DCR or CRD")
+    return int(a["blocksize"]), ORDER_OF_MODE[mode]
+
+
 def _build(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
     d2s = model.graph.node[idx]
     r, order = d2s_order(d2s)

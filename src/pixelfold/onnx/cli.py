@@ -18,6 +18,7 @@ PROFILES = {
     "no_rearrange": ("merge", "transposed", "onehot_s2d", "onehot_d2s"),  # NVIDIA DLA: neither op remains
     "dcr_only": ("dcr_flip",),  # DepthToSpace CRD -> DCR (NNAPI, TIM-VX run only DCR)
     "native_rearrange": ("rtr",),  # Reshape -> Transpose -> Reshape -> DepthToSpace / SpaceToDepth
+    "rank4": ("lower4",),  # SpaceToDepth / DepthToSpace -> Reshape/Transpose of rank <= 4 (NCHW; Rockchip)
 }
 
 

@@ -68,6 +68,7 @@ def _load_builtin() -> None:
     from pixelfold.onnx import merge  # noqa: F401  (registers "merge")
     from pixelfold.onnx import dcr_flip  # noqa: F401  (registers "dcr_flip")
     from pixelfold.onnx import rtr  # noqa: F401  (registers "rtr")
+    from pixelfold.onnx import lower  # noqa: F401  (registers "lower4")
 
 
 _load_builtin()

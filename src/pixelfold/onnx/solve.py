@@ -116,8 +116,8 @@ def _grow(model: onnx.ModelProto, names: set[str], chain: list[str], target: Any
     """The candidate, completed: rejected emitted nodes rewritten by the patterns anchored on them."""
     try:
         order, ops, problems, macs, first = _judge(model, names, target)
-    except FoldError as err:
-        return [Candidate(chain, model, sorted(names), problems=[str(err)])]
+    except Exception as err:  # noqa: BLE001 - fail closed: a form that cannot be judged is not accepted
+        return [Candidate(chain, model, sorted(names), problems=[f"{type(err).__name__}: {err}"[:200]])]
     here = Candidate(chain, model, order, ops, problems, macs)
     if not problems or first is None or depth <= 0:
         return [here]
@@ -129,7 +129,7 @@ def _grow(model: onnx.ModelProto, names: set[str], chain: list[str], target: Any
             continue
         try:
             cand, removed, added = _splice(model, first, name, shapes)
-        except FoldError:
+        except Exception:  # noqa: BLE001 - FoldError (does not apply) or a builder crash: one form fewer
             continue
         out.extend(_grow(cand, (names - removed) | added, chain + [name], target, depth - 1))
     return out or [here]
@@ -238,8 +238,9 @@ def rewrite_onnx_for_target(model: onnx.ModelProto, target: Any) -> tuple[onnx.M
         entry = LayerChange(path=name, type=node.op_type, before=node.op_type)
         try:
             ops = onnx_ops(cur, node, graph.static_shapes(cur))
-        except FoldError as err:
-            entry.status, entry.reason, entry.transform = "skipped", str(err), tgt.name
+        except Exception as err:  # noqa: BLE001 - FoldError, or shape inference refusing the graph: said, kept
+            why = str(err) if isinstance(err, FoldError) else f"cannot judge it: {type(err).__name__}: {err}"[:300]
+            entry.status, entry.reason, entry.transform = "skipped", why, tgt.name
             report.entries.append(entry)
             continue
         entry.before = _describe(node, ops)

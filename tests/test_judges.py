@@ -340,10 +340,15 @@ def test_check_judges_an_onnx_file_as_it_is(tmp_path: Path, monkeypatch: pytest.
     assert main(["check", str(tmp_path / "m.onnx"), "--target", "rk3588", "--quiet"]) == 1  # a CPU op: exit 1
     assert seen == [("m.onnx", "rk3588", "int8")]
     assert "CPU SpaceToDepth: r" in capsys.readouterr().out
-    # --rewrite: pixelfold.onnx takes no target yet; the message gives the two steps it can do (the old code
-    # called pixelfold.onnx.rewrite_onnx_file(path, target, out), which is (path, out, transforms): a crash)
-    assert main(["check", str(tmp_path / "m.onnx"), "--target", "rk3588", "--rewrite", "--quiet"]) == 2
-    assert ("pixelfold check: error: --rewrite on an .onnx file: pixelfold.onnx cannot rewrite for a target yet "
-            "(it folds strided convs); run `pixelfold rewrite m.onnx --profile no_stride --out new.onnx`, then "
-            "`pixelfold check new.onnx --target rk3588`, or drop --rewrite to judge m.onnx as it is"
-            ) in capsys.readouterr().err
+    # --rewrite: pixelfold.onnx rewrites the file for the target (here its SpaceToDepth, which rk3588 puts on
+    # the CPU, becomes rank-4 Reshape/Transpose) and the rewritten file is judged
+    from onnx import TensorProto, helper, save
+
+    g = helper.make_graph([helper.make_node("SpaceToDepth", ["x"], ["y"], name="s2d", blocksize=2)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 4, 4])])
+    save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
+    assert main(["check", str(tmp_path / "m.onnx"), "--target", "rk3588", "--rewrite", "--quiet"]) == 0
+    assert seen[-1] == ("m.rk3588.onnx", "rk3588", "int8")
+    out = capsys.readouterr().out
+    assert "changed  s2d" in out and "lower4" in out and "rewritten for rk3588" in out

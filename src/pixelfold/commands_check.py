@@ -42,14 +42,23 @@ def _show(title: str, j: object) -> None:
 
 
 def _check_onnx_rewrite(path: Path, target: str, args: argparse.Namespace) -> int:
-    """``--rewrite`` on an ``.onnx`` file: refused until :mod:`pixelfold.onnx` rewrites for a target.
+    """``--rewrite`` on an ``.onnx`` file: rewrite it for the target (:mod:`pixelfold.onnx.solve`), judge the result.
 
-    ``pixelfold.onnx`` folds strided convs (profile ``no_stride``) but does not take targets yet, so the
-    way out is the two steps it can do: rewrite the file, then judge the result.
+    The rewritten graph is written next to nothing the user named: a temporary file, judged and removed.
     """
-    raise FoldError(f"--rewrite on an .onnx file: pixelfold.onnx cannot rewrite for a target yet (it folds strided "
-                    f"convs); run `pixelfold rewrite {path.name} --profile no_stride --out new.onnx`, then "
-                    f"`pixelfold check new.onnx --target {target}`, or drop --rewrite to judge {path.name} as it is")
+    import tempfile
+
+    from .judges import judge_file
+    from .onnx.solve import rewrite_onnx_file_for_target
+
+    with tempfile.TemporaryDirectory(prefix="pixelfold-check-") as tmp:
+        out = Path(tmp) / f"{path.stem}.{target}.onnx"
+        report = rewrite_onnx_file_for_target(str(path), str(out), target)
+        print(report)
+        after = judge_file(out, target, quantize=args.quantize)
+        _show(f"rewritten for {target}", after)
+    sys.stdout.flush()
+    return 0 if after.all_on_npu and report.ok else 1
 
 
 def check_run(args: argparse.Namespace) -> int:

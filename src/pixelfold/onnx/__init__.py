@@ -8,5 +8,6 @@ callers; ``import pixelfold`` does not import onnx.
 """
 
 from pixelfold.onnx.api import rewrite_onnx, rewrite_onnx_file
+from pixelfold.onnx.solve import rewrite_onnx_file_for_target, rewrite_onnx_for_target
 
-__all__ = ["rewrite_onnx", "rewrite_onnx_file"]
+__all__ = ["rewrite_onnx", "rewrite_onnx_file", "rewrite_onnx_for_target", "rewrite_onnx_file_for_target"]

@@ -1,4 +1,4 @@
-"""``pixelfold rewrite model.onnx --profile P --out new.onnx``: the ONNX branch of the rewrite command."""
+"""``pixelfold rewrite model.onnx --profile P | --target T --out new.onnx``: the ONNX branch of the rewrite command."""
 
 from __future__ import annotations
 
@@ -18,11 +18,13 @@ PROFILES = {
     "no_rearrange": ("merge", "transposed", "onehot_s2d", "onehot_d2s"),  # NVIDIA DLA: neither op remains
     "dcr_only": ("dcr_flip",),  # DepthToSpace CRD -> DCR (NNAPI, TIM-VX run only DCR)
     "native_rearrange": ("rtr",),  # Reshape -> Transpose -> Reshape -> DepthToSpace / SpaceToDepth
+    "rank4": ("lower4",),  # SpaceToDepth / DepthToSpace -> Reshape/Transpose of rank <= 4 (NCHW; Rockchip)
 }
 
 
-def transforms_for(profile: str | None, target: str | None) -> tuple[str, ...]:
-    """The ONNX transforms for a ``--profile`` (``--target`` is not supported for ONNX input yet).
+def transforms_for(profile: str | None, target: str | None = None) -> tuple[str, ...]:
+    """The ONNX transforms for a ``--profile`` (a ``--target`` is its own profile: :func:`run` hands it to
+    :func:`pixelfold.onnx.solve.rewrite_onnx_for_target`; giving both is refused).
 
     Profiles combine with ``+`` (transforms in order, each once).
 
@@ -33,10 +35,14 @@ def transforms_for(profile: str | None, target: str | None) -> tuple[str, ...]:
     >>> transforms_for("patch_linear", None)
     Traceback (most recent call last):
     ...
-    pixelfold.errors.FoldError: profile 'patch_linear' is not available for .onnx input yet; available: no_stride, no_transposed, no_transposed_crd, no_depth_to_space, no_space_to_depth, no_rearrange, dcr_only, native_rearrange
+    pixelfold.errors.FoldError: profile 'patch_linear' is not available for .onnx input yet; available: no_stride, no_transposed, no_transposed_crd, no_depth_to_space, no_space_to_depth, no_rearrange, dcr_only, native_rearrange, rank4
+    >>> transforms_for("no_stride", "rk3588")
+    Traceback (most recent call last):
+    ...
+    pixelfold.errors.FoldError: give --profile or --target, not both (a target is its own profile); nothing was run
     """
-    if target:
-        raise FoldError(f"--target {target} is not available for .onnx input yet; use --profile no_stride")
+    if target and profile:
+        raise FoldError("give --profile or --target, not both (a target is its own profile); nothing was run")
     out: list[str] = []
     for name in (profile or "no_stride").split("+"):
         name = name.strip()
@@ -47,13 +53,24 @@ def transforms_for(profile: str | None, target: str | None) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Rewrite ``args.model`` (an .onnx file) to ``args.out`` and print the report."""
+    """Rewrite ``args.model`` (an .onnx file) to ``args.out`` (for ``args.target`` or ``args.profile``); print the report."""
     from pixelfold.onnx.api import rewrite_onnx_file
 
-    transforms = transforms_for(args.profile, args.target)
+    target = getattr(args, "target", None)
+    transforms = transforms_for(args.profile, target)
+    tgt = None
+    if target:
+        from pixelfold import targets
+
+        tgt = targets.get(target)  # an unknown name: FoldError listing the built-in targets, before any work
     if not args.out or not args.out.endswith(".onnx"):
         raise FoldError(f"--out must name an .onnx file for .onnx input (got {args.out!r}); nothing was run")
-    report = rewrite_onnx_file(args.model, args.out, transforms)
+    if tgt is not None:
+        from pixelfold.onnx.solve import rewrite_onnx_file_for_target
+
+        report = rewrite_onnx_file_for_target(args.model, args.out, tgt)
+    else:
+        report = rewrite_onnx_file(args.model, args.out, transforms)
     print(report)
     if getattr(args, "json", None):
         Path(args.json).write_text(report.to_json())

@@ -71,3 +71,4 @@ def load_builtin() -> None:
     from pixelfold.onnx import merge  # noqa: F401  (registers "merge")
     from pixelfold.onnx import dcr_flip  # noqa: F401  (registers "dcr_flip")
     from pixelfold.onnx import rtr  # noqa: F401  (registers "rtr")
+    from pixelfold.onnx import lower  # noqa: F401  (registers "lower4")

@@ -147,6 +147,15 @@ def test_unknown_target_lists_the_targets():
 
 
 # ---------------------------------------------------------------------------- CLI
+@pytest.mark.parametrize("name", ["ethos-u55-128", "ethos-u85-256"])
+def test_ethos_u_refuses_onnx_input_with_the_way_out(name):
+    """Vela compiles TFLite: a data-level ONNX answer picked PAD + stride-4 CONV_2D, the pair Vela 5.2 crashes on."""
+    with pytest.raises(FoldError) as e:
+        rewrite_onnx_for_target(_mixed(), name)
+    assert str(e.value).startswith(f"{name} compiles int8 TFLite (Arm Vela), not ONNX")
+    assert f"pixelfold rewrite MODEL --target {name}" in str(e.value) and str(e.value).endswith("nothing was run")
+
+
 def test_cli_rewrite_onnx_for_a_target(tmp_path: Path, capsys):
     from pixelfold.cli import main
 

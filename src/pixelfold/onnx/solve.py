@@ -218,6 +218,13 @@ def rewrite_onnx_for_target(model: onnx.ModelProto, target: Any) -> tuple[onnx.M
     from pixelfold import targets
 
     tgt = targets.get(target)
+    if tgt.judge == "vela":
+        raise FoldError(
+            f"{tgt.name} compiles int8 TFLite (Arm Vela), not ONNX: its constraints were measured on what litert-torch "
+            "writes from PyTorch, and an ONNX-to-TFLite converter writes other ops (the explicit PAD + strided "
+            "CONV_2D that Vela 5.2 crashes on, for one); rewrite the PyTorch model (pixelfold rewrite MODEL --target "
+            f"{tgt.name}) or judge an int8 TFLite as it is (pixelfold check model.tflite --target {tgt.name}); "
+            "nothing was run")
     graph.check_opset(model)
     t0 = time.perf_counter()
     cur = copy.deepcopy(model)

@@ -107,6 +107,7 @@ def test_patch_matmul_wrong_patch_order_is_caught(monkeypatch):
     ("polyphase2", [1, 3, 14, 12], [5, 3, 4, 4], True, dict(strides=[2, 2], auto_pad="SAME_LOWER")),
     ("polyphase2", [1, 2, 20, 20], [3, 2, 3, 3], True, dict(strides=[3, 3], dilations=[2, 1])),
     ("polyphase2", [1, 4, 9, 9], [6, 4, 1, 1], True, dict(strides=[2, 2])),  # kernel smaller than the stride
+    ("polyphase2", [1, 3, 12, 12], [4, 3, 2, 2], True, dict(strides=[2, 2], pads=[1, 1, 0, 0])),  # pad + crop
     ("polyphase4", [1, 3, 20, 13], [5, 3, 4, 4], True, dict(strides=[2, 2], dilations=[2, 1])),
     ("polyphase4", [1, 1, 24, 24], [2, 1, 12, 12], False, dict()),  # big kernel, stride 1
 ])
@@ -120,6 +121,24 @@ def test_polyphase_is_exact(transform, x_shape, w_shape, bias, conv):
     assert attrs(nodes["SpaceToDepth"])["blocksize"] == s * b
     assert attrs(nodes["DepthToSpace"])["blocksize"] == b and attrs(nodes["DepthToSpace"])["mode"] == b"DCR"
     assert attrs(nodes["Conv"]).get("strides", [1, 1]) == [1, 1] and "pads" not in attrs(nodes["Conv"])
+
+
+def test_polyphase_crops_what_the_inner_conv_does_not_read_then_pads():
+    new = _rewrite(_conv([1, 3, 12, 12], [4, 3, 2, 2], strides=[2, 2], pads=[1, 1, 0, 0]), "polyphase2",
+                   ["Slice", "Pad", "SpaceToDepth", "Conv", "DepthToSpace"])
+    assert attrs(new.graph.node[2])["blocksize"] == 4
+
+
+def test_polyphase_random_geometries():
+    """Seeded sweep: sizes, kernels, strides 1-3, dilations, asymmetric pads (some needing a crop), both blocks."""
+    rng = np.random.default_rng(11)
+    for i in range(16):
+        k, s, d = int(rng.integers(1, 6)), int(rng.integers(1, 4)), int(rng.integers(1, 3))
+        E = d * (k - 1) + 1
+        pads = [int(v) for v in rng.integers(0, E, 4)]
+        hw = [int(v) for v in rng.integers(max(E, 2), 14, 2)]
+        conv = dict(strides=[s, s], dilations=[d, d], pads=pads)
+        _rewrite(_conv([1, 2, *hw], [3, 2, k, k], bool(i % 2), seed=i, **conv), ("polyphase2", "polyphase4")[i % 2])
 
 
 @pytest.mark.parametrize("kw, x_shape, reason", [

@@ -9,7 +9,8 @@ layout must match the Transpose's ``(C, kh, kw)``: ``"crd"`` (channel-major, the
 Applies when: a 2-D Conv with constant weight (and bias), kernel == stride in each dim, pads all 0 (or
 ``auto_pad`` VALID, or SAME_* resolving to 0), dilation 1, one group, static C, H and W (the batch may be
 dynamic: the reshapes copy or infer it). Rows/columns past the last whole patch, which the Conv ignores,
-are cut by a Slice first.
+are cut by a Slice first. Only strided convs are tried (``strides >= 2``): a 1x1 stride-1 Conv is a GEMM too,
+but rewriting every pointwise conv of a model is not what this pattern is for.
 
 >>> PATCH_ORDER
 'crd'

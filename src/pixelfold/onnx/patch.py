@@ -1,4 +1,4 @@
-"""Patchify Conv (kernel == stride, no padding) => Reshape -> Transpose -> Reshape -> MatMul [-> Add] -> Reshape -> Transpose.
+"""Patchify Conv (kernel == stride, no pads) => Reshape, Transpose, Reshape, MatMul [Add], Reshape, Transpose.
 
 The "patch embedding is a linear layer" view (:class:`pixelfold.phaseconv.PatchLinear`) as an ONNX graph:
 ``x (N, C, H, W)`` is cut into ``kh x kw`` patches, ``(N, C, h, kh, w, kw)`` -> ``(N, h, w, C, kh, kw)`` ->
@@ -88,7 +88,8 @@ def patch_nodes(model: onnx.ModelProto, node: onnx.NodeProto) -> list[onnx.NodeP
 
     def transpose(src: str, perm: list[int], tag: str, out: str | None = None) -> str:
         out = out or fresh(model, base + tag)
-        nodes.append(helper.make_node("Transpose", [src], [out], name=fresh(model, base + tag + "_Transpose"), perm=perm))
+        nodes.append(helper.make_node("Transpose", [src], [out], name=fresh(model, base + tag + "_Transpose"),
+                                      perm=perm))
         return out
 
     t = reshape(x, [0, C, h, kh, wd, kw], "_patches6")  # 0: copy N (may be dynamic)
@@ -115,5 +116,6 @@ def _patchify(node: onnx.NodeProto) -> bool:
 
 
 register(Pattern("patch_matmul", ("Conv",), _build,
-                 "patchify Conv (kernel == stride, no pads) => Reshape Transpose Reshape MatMul [Add] Reshape Transpose",
+                 "patchify Conv (kernel == stride, no pads) => [Slice] Reshape Transpose Reshape MatMul [Add] "
+                 "Reshape Transpose",
                  _patchify))

@@ -118,18 +118,30 @@ def test_rk3588_every_rewritten_op_is_accepted_exact_and_the_rest_untouched():
     assert status["big"] == ("changed", "fold+lower4")  # kernel 33 > 31: fold, then its SpaceToDepth lowered
     assert status["up3"] == ("changed", "subpixel+lower4")  # ConvTranspose s3 -> Conv + DepthToSpace 3, lowered
     assert status["ps3"] == ("changed", "dcr_flip+lower4")  # CRD block 3: DCR (conv permuted), then lowered
-    assert status["k7s4"] == ("kept", "") and status["k35"][0] == "skipped"
-    # what rk3588 is left with: only what it accepts, except the one node no form helps
-    rejected = [str(v.op) for v in RK.rejects(_all_ops(new))]
-    assert rejected == ["Conv2d 2→2 k35×35 s1×1 p17×17"]
-    assert "Conv: kernel size 1~31" in rep.entries[-1].reason and "no exact form runs on it" in rep.entries[-1].reason
-    assert not any(n.op_type in ("SpaceToDepth", "DepthToSpace", "ConvTranspose") for n in new.graph.node)
+    assert status["k7s4"] == ("kept", "")
+    # kernel 35 > 31 at stride 1: polyphase (block 2) gives an 18x18 stride-1 conv on 2x2 phases; its
+    # SpaceToDepth(2) is lowered, its DepthToSpace(2) runs on rk3588 as it is (before polyphase2: skipped)
+    assert status["k35"] == ("changed", "polyphase2+lower4")
+    # what rk3588 is left with: only what it accepts
+    assert [str(v.op) for v in RK.rejects(_all_ops(new))] == []
+    assert not any(n.op_type in ("SpaceToDepth", "ConvTranspose") for n in new.graph.node)
+    assert [n.op_type for n in new.graph.node if n.op_type == "DepthToSpace"] == ["DepthToSpace"]
     after = {n.name: n.SerializeToString() for n in new.graph.node}
-    for name in ("k7s4", "relu", "k35"):
+    for name in ("k7s4", "relu"):
         assert after[name] == before[name]
     err, scale = verify.max_error(m, new, seed=3)
     assert err <= verify.tolerance(scale) and rep.ok
     assert "ConvTranspose stride 3 → exConvTransposePad on the CPU" in str(rep)  # the target's words, in the notes
+
+
+def test_a_node_no_form_helps_is_skipped_with_the_targets_words():
+    # a depthwise k35 s1 conv: kernel > 31, stride 1 (no fold), groups (no polyphase, no patch_matmul)
+    m = _model([helper.make_node("Conv", ["x", "w"], ["y"], name="dw35", pads=[17, 17, 17, 17], group=2)],
+               [1, 2, 18, 18], [1, 2, 18, 18], [_w("w", 2, 1, 35, 35)])
+    new, rep = rewrite_onnx_for_target(m, "rk3588")
+    assert [e.status for e in rep.entries] == ["skipped"]
+    assert "Conv: kernel size 1~31" in rep.entries[0].reason and "no exact form runs on it" in rep.entries[0].reason
+    assert new.graph.node[0].SerializeToString() == m.graph.node[0].SerializeToString()
 
 
 def test_a_native_space_to_depth_is_lowered_and_a_node_the_target_runs_is_left_alone():
@@ -163,7 +175,7 @@ def test_cli_rewrite_onnx_for_a_target(tmp_path: Path, capsys):
     onnx.save(_mixed(), str(src))
     assert main(["rewrite", str(src), "--target", "rk3588", "--out", str(out), "--quiet"]) == 0
     text = capsys.readouterr().out
-    assert "pixelfold rewrite [rk3588]: 3 changed, 0 failed, 1 skipped" in text and "subpixel+lower4" in text
+    assert "pixelfold rewrite [rk3588]: 4 changed, 0 failed, 0 skipped" in text and "subpixel+lower4" in text
     assert not RK.rejects([o for o in _all_ops(onnx.load(str(out))) if o.spec is None or o.spec.kernel != (35, 35)])
     assert main(["rewrite", str(src), "--target", "nope", "--out", str(out), "--quiet"]) == 2
     assert "unknown target 'nope'; built-in targets:" in capsys.readouterr().err

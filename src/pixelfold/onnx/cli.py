@@ -19,6 +19,8 @@ PROFILES = {
     "dcr_only": ("dcr_flip",),  # DepthToSpace CRD -> DCR (NNAPI, TIM-VX run only DCR)
     "native_rearrange": ("rtr",),  # Reshape -> Transpose -> Reshape -> DepthToSpace / SpaceToDepth
     "rank4": ("lower4",),  # SpaceToDepth / DepthToSpace -> Reshape/Transpose of rank <= 4 (NCHW; Rockchip)
+    "patch_matmul": ("patch_matmul",),  # patchify Conv (kernel == stride) -> Reshape/Transpose + MatMul
+    "polyphase": ("polyphase2",),  # Conv -> SpaceToDepth(2s) + stride-1 Conv + DepthToSpace(2, DCR)
 }
 
 
@@ -35,7 +37,7 @@ def transforms_for(profile: str | None, target: str | None = None) -> tuple[str,
     >>> transforms_for("patch_linear", None)
     Traceback (most recent call last):
     ...
-    pixelfold.errors.FoldError: profile 'patch_linear' is not available for .onnx input yet; available: no_stride, no_transposed, no_transposed_crd, no_depth_to_space, no_space_to_depth, no_rearrange, dcr_only, native_rearrange, rank4
+    pixelfold.errors.FoldError: profile 'patch_linear' is not available for .onnx input yet; available: no_stride, no_transposed, no_transposed_crd, no_depth_to_space, no_space_to_depth, no_rearrange, dcr_only, native_rearrange, rank4, patch_matmul, polyphase
     >>> transforms_for("no_stride", "rk3588")
     Traceback (most recent call last):
     ...

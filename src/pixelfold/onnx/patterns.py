@@ -72,3 +72,5 @@ def load_builtin() -> None:
     from pixelfold.onnx import dcr_flip  # noqa: F401  (registers "dcr_flip")
     from pixelfold.onnx import rtr  # noqa: F401  (registers "rtr")
     from pixelfold.onnx import lower  # noqa: F401  (registers "lower4")
+    from pixelfold.onnx import patch  # noqa: F401  (registers "patch_matmul")
+    from pixelfold.onnx import polyphase  # noqa: F401  (registers "polyphase2", "polyphase4")

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..targets.solver import macs_of
 from .model import Case, Context, Form
 
 
@@ -38,8 +39,7 @@ def polyphase_sweep_cases(ctx: Context) -> list[Case]:
             forms.append(Form(f"polyphase({b})", lambda t: t, x, note=f"not built: {e}"))
             continue
         inner = poly.inner
-        xs = pixelfold.space_to_depth(x, b) if b > 1 else x
-        macs = _macs(inner, tuple(xs.shape)) if isinstance(inner, nn.Conv2d) else math.nan
+        macs = macs_of(poly, tuple(x.shape))  # counted by torch (the frozen inner is not an nn.Conv2d)
         forms.append(Form(f"polyphase({b}), frozen", poly, x, note=f"inner: {inner}; {macs / base:.2f}× MACs"))
     forms.append(_tuned(conv, x, ctx))
     return [Case("sweep", f"stride-1 48×48 conv 1→1 on {n}×1×{hw}²: polyphase block sweep", forms,

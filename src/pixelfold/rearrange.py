@@ -24,6 +24,7 @@ its own memory order and the result is ``channels_last`` too; for
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Sequence
@@ -50,8 +51,10 @@ def check_block(block: int | Sequence[int], n: int) -> tuple[int, ...]:
     >>> check_block(2, 3), check_block([1, 2], 2)
     ((2, 2, 2), (1, 2))
     """
+    if type(block) is int and block >= 1:  # the common cases without as_tuple's try/except (every call)
+        return (block,) * n
     if type(block) is tuple and len(block) == n and all(type(v) is int and v >= 1 for v in block):
-        return block  # the common case, without as_tuple's try/except (it is on every call's path)
+        return block
     b = as_tuple(block, n, "block")
     if any(v < 1 for v in b):
         raise FoldError(f"block {b} must be positive in every dim")
@@ -77,7 +80,7 @@ def is_channels_last(x: torch.Tensor) -> bool:
     if d < 3 or x.size(1) <= 1 or x.is_contiguous():
         return False
     fmt = _FORMATS.get(d)  # (the flag equals x.movedim(1, -1).is_contiguous() for a non-empty x)
-    return x.is_contiguous(memory_format=fmt) if fmt is not None else x.movedim(1, -1).is_contiguous()
+    return x.is_contiguous(memory_format=fmt) if fmt is not None else x.transpose(1, 2).is_contiguous()
 
 
 def _channel_axes(n: int, order: str) -> list[str]:
@@ -122,6 +125,45 @@ def _check_input(x: torch.Tensor, name: str) -> int:
 def _interleave(outer: Sequence[int], block: Sequence[int]) -> list[int]:
     """``(S_1/b_1, b_1, ..., S_n/b_n, b_n)``: each spatial dim split into (block index, phase)."""
     return [d for o, bi in zip(outer, block) for d in (o, bi)]
+
+
+@functools.lru_cache(maxsize=None)
+def _s2d_perm(n: int, order: str, channels_last: bool) -> tuple[int, ...]:
+    """space_to_depth's permute of the split input, ``(N, C, S_1/b_1, b_1, ...)`` -> ``(N, [channel], *outer)``.
+
+    Channels-last: ``(N, S_1/b_1, b_1, ..., C)`` -> ``(N, *outer, [channel])``; ``[channel]`` is the
+    order's factors (``_channel_axes``).
+
+    >>> _s2d_perm(2, "crd", False), _s2d_perm(2, "dcr", True)
+    ((0, 1, 3, 5, 2, 4), (0, 1, 3, 2, 4, 5))
+    """
+    axes = _channel_axes(n, order)
+    if channels_last:
+        pos = {"c": 2 * n + 1, **{str(i): 2 + 2 * i for i in range(n)}}
+        return (0, *[1 + 2 * i for i in range(n)], *[pos[a] for a in axes])
+    pos = {"c": 1, **{str(i): 3 + 2 * i for i in range(n)}}
+    return (0, *[pos[a] for a in axes], *[2 + 2 * i for i in range(n)])
+
+
+@functools.lru_cache(maxsize=None)
+def _d2s_perm(n: int, order: str, channels_last: bool) -> tuple[int, ...]:
+    """depth_to_space's permute, ``(N, [channel], *S)`` -> ``(N, C, S_1, b_1, ...)`` (channels-last:
+    ``(N, *S, [channel])`` -> ``(N, S_1, b_1, ..., C)``).
+
+    >>> _d2s_perm(2, "crd", False), _d2s_perm(1, "dcr", True)
+    ((0, 1, 4, 2, 5, 3), (0, 1, 2, 3))
+    """
+    axes = _channel_axes(n, order)
+    if channels_last:
+        at = {a: 1 + n + k for k, a in enumerate(axes)}
+        return (0, *[d for i in range(n) for d in (1 + i, at[str(i)])], at["c"])
+    at = {a: 1 + k for k, a in enumerate(axes)}
+    return (0, at["c"], *[d for i in range(n) for d in (2 + n + i, at[str(i)])])
+
+
+def _factor_sizes(C: int, block: Sequence[int], order: str) -> list[int]:
+    """The sizes of the channel factors in ``order``: e.g. ``[C, b_1, b_2]`` for crd."""
+    return [C if a == "c" else block[int(a)] for a in _channel_axes(len(block), order)]
 
 
 def _phase_order(block: Sequence[int], order: str) -> list[tuple[int, ...]]:
@@ -188,8 +230,6 @@ def _s2d_channels_last(x: torch.Tensor, b: tuple[int, ...], order: str, outer: l
     if how == "view":
         return m.reshape(N, *outer, C * R).permute(_TO_FIRST[n])
     v = m.reshape(N, *_interleave(outer, b), C)
-    blocks = [1 + 2 * i for i in range(n)]
-    phases = [2 + 2 * i for i in range(n)]
     if how == "phases":
         # slot k of each position's channel groups <- x[..., phase_k]: (N, *outer, C, R) or (N, *outer, R, C)
         srcs = [v[(slice(None), *[s for o in ph for s in (slice(None), o)], slice(None))]
@@ -197,11 +237,10 @@ def _s2d_channels_last(x: torch.Tensor, b: tuple[int, ...], order: str, outer: l
         out = torch.stack(srcs, n + 2 if order == "crd" else n + 1)
     elif how == "two-step":
         # dcr (copies runs of b_n * C values), then each position's (R, C) -> (C, R)
-        d = v.permute(0, *blocks, *phases, 2 * n + 1).contiguous().view(N, *outer, R, C)
+        d = v.permute(_s2d_perm(n, "dcr", True)).contiguous().view(N, *outer, R, C)
         out = d.transpose(n + 1, n + 2).contiguous()
     else:
-        pos = {"c": 2 * n + 1, **{str(i): phases[i] for i in range(n)}}
-        out = v.permute(0, *blocks, *[pos[a] for a in _channel_axes(n, order)]).contiguous()
+        out = v.permute(_s2d_perm(n, order, True)).contiguous()
     return out.view(N, *outer, C * R).permute(_TO_FIRST[n])
 
 
@@ -217,16 +256,12 @@ def _d2s_channels_last(x: torch.Tensor, b: tuple[int, ...], order: str, C: int) 
     m = x.permute(_TO_LAST[n])  # (N, *S, [channel factors]), contiguous
     if how == "view":
         return m.reshape(N, *full, C).permute(_TO_FIRST[n])
-    axes = _channel_axes(n, order)
     if how == "two-step":
         # each position's (C, R) -> (R, C), then the dcr copy (runs of b_n * C values)
         m = m.reshape(N, *spatial, C, R).transpose(n + 1, n + 2).contiguous()
-        axes = _channel_axes(n, "dcr")
-    sizes = {"c": C, **{str(i): bi for i, bi in enumerate(b)}}
-    v = m.reshape(N, *spatial, *[sizes[a] for a in axes])
-    at = {a: 1 + n + k for k, a in enumerate(axes)}
-    perm = [0, *[d for i in range(n) for d in (1 + i, at[str(i)])], at["c"]]
-    return v.permute(perm).contiguous().view(N, *full, C).permute(_TO_FIRST[n])
+        order = "dcr"
+    v = m.reshape(N, *spatial, *_factor_sizes(C, b, order))
+    return v.permute(_d2s_perm(n, order, True)).contiguous().view(N, *full, C).permute(_TO_FIRST[n])
 
 
 # ---------------------------------------------------------------------------- the rearrangements
@@ -260,9 +295,7 @@ def space_to_depth(x: torch.Tensor, block: int | Sequence[int], order: str = "cr
     if is_channels_last(x):
         return _s2d_channels_last(x, b, order, outer)
     v = x.reshape(N, C, *_interleave(outer, b))
-    pos = {"c": 1, **{str(i): 3 + 2 * i for i in range(n)}}
-    perm = [0, *[pos[a] for a in _channel_axes(n, order)], *[2 + 2 * i for i in range(n)]]
-    return v.permute(perm).reshape(N, C * math.prod(b), *outer)
+    return v.permute(_s2d_perm(n, order, False)).reshape(N, C * math.prod(b), *outer)
 
 
 def depth_to_space(x: torch.Tensor, block: int | Sequence[int], order: str = "crd") -> torch.Tensor:
@@ -293,9 +326,5 @@ def depth_to_space(x: torch.Tensor, block: int | Sequence[int], order: str = "cr
     C = CR // R
     if is_channels_last(x):
         return _d2s_channels_last(x, b, order, C)
-    axes = _channel_axes(n, order)
-    sizes = {"c": C, **{str(i): bi for i, bi in enumerate(b)}}
-    v = x.reshape(N, *[sizes[a] for a in axes], *spatial)
-    at = {a: 1 + k for k, a in enumerate(axes)}
-    perm = [0, at["c"], *[d for i in range(n) for d in (1 + n + 1 + i, at[str(i)])]]
-    return v.permute(perm).reshape(N, C, *[s * bi for s, bi in zip(spatial, b)])
+    v = x.reshape(N, *_factor_sizes(C, b, order), *spatial)
+    return v.permute(_d2s_perm(n, order, False)).reshape(N, C, *[s * bi for s, bi in zip(spatial, b)])

@@ -80,7 +80,12 @@ def is_channels_last(x: torch.Tensor) -> bool:
     if d < 3 or x.size(1) <= 1 or x.is_contiguous():
         return False
     fmt = _FORMATS.get(d)  # (the flag equals x.movedim(1, -1).is_contiguous() for a non-empty x)
-    return x.is_contiguous(memory_format=fmt) if fmt is not None else x.transpose(1, 2).is_contiguous()
+    if fmt is not None:
+        return x.is_contiguous(memory_format=fmt)
+    if d == 3:  # NLC: strides (L*C, 1, C), those of size-1 dims aside (as is_contiguous does); no tensor op
+        (N, C, L), (sn, sc, sl) = x.shape, x.stride()
+        return sc == 1 and (L == 1 or sl == C) and (N == 1 or sn == L * C)
+    return x.movedim(1, -1).is_contiguous()
 
 
 def _channel_axes(n: int, order: str) -> list[str]:
@@ -223,9 +228,11 @@ def _d2s_method(C: int, block: Sequence[int], order: str) -> str:
 def _s2d_channels_last(x: torch.Tensor, b: tuple[int, ...], order: str, outer: list[int]) -> torch.Tensor:
     """space_to_depth of a channels-last ``x``, in its memory order; the result is channels-last."""
     n = len(b)
-    N, C = x.shape[0], x.shape[1]
+    N, C = x.shape[:2]
     R = math.prod(b)
     m = x.permute(_TO_LAST[n])  # (N, *S, C), contiguous
+    if order != "crd" and n == 1:  # (the commonest no-copy case, before the general test in _s2d_method)
+        return m.reshape(N, outer[0], C * R).permute(0, 2, 1)
     how = _s2d_method(C, b, order)
     if how == "view":
         return m.reshape(N, *outer, C * R).permute(_TO_FIRST[n])
@@ -248,6 +255,8 @@ def _d2s_channels_last(x: torch.Tensor, b: tuple[int, ...], order: str, C: int) 
     """depth_to_space of a channels-last ``x``, in its memory order; the result is channels-last."""
     n = len(b)
     N, CR, *spatial = x.shape
+    if order != "crd" and n == 1:  # (the commonest no-copy case, before the general test in _d2s_method)
+        return x.permute(0, 2, 1).reshape(N, spatial[0] * b[0], C).permute(0, 2, 1)
     R = CR // C
     full = [s * bi for s, bi in zip(spatial, b)]
     how = _d2s_method(C, b, order)
@@ -285,13 +294,13 @@ def space_to_depth(x: torch.Tensor, block: int | Sequence[int], order: str = "cr
     _check_order(order)
     b = check_block(block, n)
     N, C, *spatial = x.shape
-    for i, (s, bi) in enumerate(zip(spatial, b)):
-        if s % bi:
-            raise FoldError(
-                f"spatial dim {i} has size {s}, which is not divisible by block {bi}; "
-                f"pad or crop the input to a multiple of {bi} (pixelfold.fold does this for convs)"
-            )
     outer = [s // bi for s, bi in zip(spatial, b)]
+    if [o * bi for o, bi in zip(outer, b)] != spatial:
+        i, s, bi = next((i, s, bi) for i, (s, bi) in enumerate(zip(spatial, b)) if s % bi)
+        raise FoldError(
+            f"spatial dim {i} has size {s}, which is not divisible by block {bi}; "
+            f"pad or crop the input to a multiple of {bi} (pixelfold.fold does this for convs)"
+        )
     if is_channels_last(x):
         return _s2d_channels_last(x, b, order, outer)
     v = x.reshape(N, C, *_interleave(outer, b))

@@ -60,6 +60,20 @@ def test_quick_run_reports_the_rearrangement_targets(quick_run):
     assert len(limit) == 12 and all(t["limit"] == 1.1 and "GB/s" in t["target"] for t in limit)  # 3 orders × 2 × 2
 
 
+def test_limit_target_is_the_ratio_to_the_fastest_hand_written_form():
+    """Regression: the target took the smallest ratio over the bars, i.e. pixelfold vs the *slowest* of them."""
+    from pixelfold.bench.cases_limit import limit_targets
+    from pixelfold.bench.model import Result
+
+    def r(form, ms):
+        return Result("limit", "2-D space_to_depth b=2×2 crd, x", form, "NCHW", time_ms=ms[0], rounds_ms=ms,
+                      note="0.1 GB moved" if form == "clone()" else "")
+
+    rows = limit_targets([r("clone()", [1.0, 1.0]), r("hand-written reshape/permute/contiguous", [2.0, 2.0]),
+                          r("einops.rearrange", [4.0, 4.0]), r("pixelfold.space_to_depth (crd)", [3.0, 3.0])])
+    assert len(rows) == 1 and rows[0]["ratio"] == 1.5 and not rows[0]["met"]
+
+
 @pytest.mark.slow
 def test_tune_group_runs_on_a_timm_model():
     """(slow: tunes a timm model) the tune group compares tune() with the original in both layouts."""

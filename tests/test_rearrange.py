@@ -164,3 +164,82 @@ def test_errors(call, message):
         call()
     assert message in str(info.value)
     assert isinstance(info.value, ValueError)
+
+
+# ---------------------------------------------------------------------------- every layout × order × block
+# (issue 12 item 4: the channels-last copies take different paths by C, block and order; each must be exact)
+_BLOCKS = [(1,), (2,), (4,), (8,), (1, 1), (2, 2), (1, 4), (3, 2), (4, 4), (8, 8), (2, 8),
+           (1, 2, 2), (2, 2, 2), (2, 1, 3), (1, 1, 8)]
+
+
+def _stored(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """``x`` stored contiguous or with the channel dim innermost (NLC, NHWC, NDHWC)."""
+    return x.movedim(1, -1).contiguous().movedim(-1, 1) if channels_last else x.contiguous()
+
+
+def _channels_last_dense(t: torch.Tensor) -> bool:
+    return t.movedim(1, -1).is_contiguous()
+
+
+@pytest.mark.parametrize("block", _BLOCKS, ids=lambda b: "x".join(map(str, b)))
+@pytest.mark.parametrize("C", [1, 3, 4, 16, 20])
+@pytest.mark.parametrize("N", [0, 1, 3])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_every_layout_order_block_matches_definition(block, C, N, channels_last):
+    outer = [3, 2, 2][: len(block)]  # > 1 everywhere: the layouts are unambiguous
+    for order in ("crd", "dcr", "focus"):
+        x = _stored(torch.randn(N, C, *[o * b for o, b in zip(outer, block)], dtype=torch.float64), channels_last)
+        y = space_to_depth(x, block, order)
+        np.testing.assert_array_equal(y.numpy(), definition_s2d(x.numpy(), block, order))
+        back = depth_to_space(y, block, order)
+        assert torch.equal(back, x)
+        if N == 0:
+            continue
+        if C == 1:  # x is both layouts; the result may be a view in either
+            assert all(t.is_contiguous() or _channels_last_dense(t) for t in (y, back))
+        elif channels_last:  # channels_last in, channels_last out, both ways
+            assert _channels_last_dense(y) and _channels_last_dense(back)
+        else:
+            assert y.is_contiguous() and back.is_contiguous()
+
+
+def test_the_grid_above_reaches_every_channels_last_path():
+    """Each copy method of the channels-last rearrangements is taken by some case of the grid above."""
+    from pixelfold.rearrange import _d2s_method, _s2d_method
+
+    grid = [(C, b, o) for C in (3, 4, 16, 20) for b in _BLOCKS for o in ("crd", "dcr", "focus")]
+    assert {_s2d_method(*g) for g in grid} == {"view", "phases", "two-step", "permute"}
+    assert {_d2s_method(*g) for g in grid} == {"view", "pixel_shuffle", "two-step", "permute"}
+
+
+def _strided_views(C: int, block: tuple[int, ...]) -> list[tuple[torch.Tensor, tuple[int, ...]]]:
+    """Non-dense inputs in neither layout, each with the block that divides it."""
+    n = len(block)
+    big = torch.randn(4, C, *[4 * b for b in block], dtype=torch.float64)
+    views = [(big[(slice(None), slice(None), *[slice(None, None, 2)] * n)], block),  # every other position
+             (_stored(big, True)[::2], block)]  # channels-last storage, every other batch entry
+    if n >= 2:  # swapped spatial dims
+        views.append((big.transpose(2, 3), (block[1], block[0], *block[2:])))
+    return views
+
+
+@pytest.mark.parametrize("order", ["crd", "dcr", "focus"])
+@pytest.mark.parametrize("C, block", [(3, (2,)), (3, (2, 2)), (20, (2, 2)), (3, (2, 2, 2)), (16, (1, 2, 2)), (5, (2, 8))])
+def test_non_contiguous_inputs(order, C, block):
+    """Strided views (every other row/column, a batch slice, swapped spatial dims) are rearranged exactly."""
+    for x, b in _strided_views(C, block):
+        assert not x.is_contiguous() and not _channels_last_dense(x)
+        y = space_to_depth(x, b, order)
+        np.testing.assert_array_equal(y.numpy(), definition_s2d(x.contiguous().numpy(), b, order))
+        assert torch.equal(depth_to_space(y, b, order), x)
+        z = y.transpose(-1, -2).contiguous().transpose(-1, -2)  # last two dims swapped in memory (1-D: NLC)
+        assert torch.equal(depth_to_space(z, b, order), x)
+
+
+@pytest.mark.parametrize("C, block, order", [(3, (2, 2), "focus"), (20, (2, 2), "crd"), (16, (2, 2, 2), "crd"),
+                                             (20, (8, 8), "crd"), (20, (2, 2), "dcr"), (4, (1, 4), "dcr")])
+def test_gradients_through_channels_last_paths(C, block, order):
+    x = _stored(torch.randn(2, C, *[2 * b for b in block], dtype=torch.float64), True).requires_grad_()
+    g = torch.randn(2, C * math.prod(block), *[2] * len(block), dtype=torch.float64)
+    (space_to_depth(x, block, order) * g).sum().backward()
+    assert torch.equal(x.grad, depth_to_space(g, block, order))

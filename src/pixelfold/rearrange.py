@@ -24,6 +24,7 @@ its own memory order and the result is ``channels_last`` too; for
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from typing import Sequence
@@ -45,11 +46,25 @@ def _check_order(order: str) -> None:
 
 
 def check_block(block: int | Sequence[int], n: int) -> tuple[int, ...]:
-    """Normalise ``block`` to ``n`` positive ints or raise :class:`FoldError`."""
+    """Normalise ``block`` to ``n`` positive ints or raise :class:`FoldError`.
+
+    >>> check_block(2, 3), check_block([1, 2], 2)
+    ((2, 2, 2), (1, 2))
+    """
+    if type(block) is int and block >= 1:  # the common cases without as_tuple's try/except (every call)
+        return (block,) * n
+    if type(block) is tuple and len(block) == n and all(type(v) is int and v >= 1 for v in block):
+        return block
     b = as_tuple(block, n, "block")
     if any(v < 1 for v in b):
         raise FoldError(f"block {b} must be positive in every dim")
     return b
+
+
+# (N, C, *S) <-> (N, *S, C) for n = 1, 2, 3 spatial dims: permute with a fixed tuple costs half a movedim
+_TO_LAST = {1: (0, 2, 1), 2: (0, 2, 3, 1), 3: (0, 2, 3, 4, 1)}
+_TO_FIRST = {1: (0, 2, 1), 2: (0, 3, 1, 2), 3: (0, 4, 1, 2, 3)}
+_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
 def is_channels_last(x: torch.Tensor) -> bool:
@@ -58,8 +73,19 @@ def is_channels_last(x: torch.Tensor) -> bool:
     >>> x = torch.zeros(1, 3, 4, 4).to(memory_format=torch.channels_last)
     >>> is_channels_last(x), is_channels_last(x.contiguous())
     (True, False)
+    >>> is_channels_last(torch.zeros(2, 8, 3).transpose(1, 2).contiguous().transpose(1, 2))  # NLC
+    True
     """
-    return x.dim() >= 3 and x.size(1) > 1 and not x.is_contiguous() and x.movedim(1, -1).is_contiguous()
+    d = x.dim()
+    if d < 3 or x.size(1) <= 1 or x.is_contiguous():
+        return False
+    fmt = _FORMATS.get(d)  # (the flag equals x.movedim(1, -1).is_contiguous() for a non-empty x)
+    if fmt is not None:
+        return x.is_contiguous(memory_format=fmt)
+    if d == 3:  # NLC: strides (L*C, 1, C), those of size-1 dims aside (as is_contiguous does); no tensor op
+        (N, C, L), (sn, sc, sl) = x.shape, x.stride()
+        return sc == 1 and (L == 1 or sl == C) and (N == 1 or sn == L * C)
+    return x.movedim(1, -1).is_contiguous()
 
 
 def _channel_axes(n: int, order: str) -> list[str]:
@@ -106,18 +132,43 @@ def _interleave(outer: Sequence[int], block: Sequence[int]) -> list[int]:
     return [d for o, bi in zip(outer, block) for d in (o, bi)]
 
 
-# How space_to_depth copies a channels-last input (measured on 8×C×112² and 8×3×640² fp32, 2 cores):
-# - the one-copy permutation moves runs of b_n·C values (dcr), C (focus) or single values (crd); a
-#   copy loop pays per run, so short runs are slow;
-# - with few channels and few phases (C <= _FEW_CHANNELS, prod(block) <= _FEW_PHASES) one copy per phase
-#   (torch.stack of strided slices: each copy's inner loop walks whole rows) is 1.5-2× faster for crd and
-#   focus, about the same for dcr (C = 3 and 16);
-# - otherwise crd with b_n < _TWO_STEP_BELOW is faster as two copies with long runs: the dcr rearrangement,
-#   then each position's (phases, channels) -> (channels, phases) transpose (C = 64: 4-5× faster for
-#   block 2, 1.9× for block 4, the same for block 8).
-_FEW_CHANNELS = 16
-_FEW_PHASES = 4
-_TWO_STEP_BELOW = 8
+@functools.lru_cache(maxsize=None)
+def _s2d_perm(n: int, order: str, channels_last: bool) -> tuple[int, ...]:
+    """space_to_depth's permute of the split input, ``(N, C, S_1/b_1, b_1, ...)`` -> ``(N, [channel], *outer)``.
+
+    Channels-last: ``(N, S_1/b_1, b_1, ..., C)`` -> ``(N, *outer, [channel])``; ``[channel]`` is the
+    order's factors (``_channel_axes``).
+
+    >>> _s2d_perm(2, "crd", False), _s2d_perm(2, "dcr", True)
+    ((0, 1, 3, 5, 2, 4), (0, 1, 3, 2, 4, 5))
+    """
+    axes = _channel_axes(n, order)
+    if channels_last:
+        pos = {"c": 2 * n + 1, **{str(i): 2 + 2 * i for i in range(n)}}
+        return (0, *[1 + 2 * i for i in range(n)], *[pos[a] for a in axes])
+    pos = {"c": 1, **{str(i): 3 + 2 * i for i in range(n)}}
+    return (0, *[pos[a] for a in axes], *[2 + 2 * i for i in range(n)])
+
+
+@functools.lru_cache(maxsize=None)
+def _d2s_perm(n: int, order: str, channels_last: bool) -> tuple[int, ...]:
+    """depth_to_space's permute, ``(N, [channel], *S)`` -> ``(N, C, S_1, b_1, ...)`` (channels-last:
+    ``(N, *S, [channel])`` -> ``(N, S_1, b_1, ..., C)``).
+
+    >>> _d2s_perm(2, "crd", False), _d2s_perm(1, "dcr", True)
+    ((0, 1, 4, 2, 5, 3), (0, 1, 2, 3))
+    """
+    axes = _channel_axes(n, order)
+    if channels_last:
+        at = {a: 1 + n + k for k, a in enumerate(axes)}
+        return (0, *[d for i in range(n) for d in (1 + i, at[str(i)])], at["c"])
+    at = {a: 1 + k for k, a in enumerate(axes)}
+    return (0, at["c"], *[d for i in range(n) for d in (2 + n + i, at[str(i)])])
+
+
+def _factor_sizes(C: int, block: Sequence[int], order: str) -> list[int]:
+    """The sizes of the channel factors in ``order``: e.g. ``[C, b_1, b_2]`` for crd."""
+    return [C if a == "c" else block[int(a)] for a in _channel_axes(len(block), order)]
 
 
 def _phase_order(block: Sequence[int], order: str) -> list[tuple[int, ...]]:
@@ -126,6 +177,104 @@ def _phase_order(block: Sequence[int], order: str) -> list[tuple[int, ...]]:
     return sorted(phases, key=lambda p: p[::-1]) if order == "focus" else phases
 
 
+# ---------------------------------------------------------------------------- channels-last copies
+# A channels-last rearrangement is one permutation of x's memory order (N, S_1/b_1, b_1, ..., C), and a copy
+# loop pays per run of its innermost dim: runs of b_n·C values for dcr, C for focus, one value for crd
+# (phase innermost). Timed on one core against that single permute (8×C×112², 8×C×8×56², 8×3×640², fp32;
+# issue 12 item 4, ratios of the same round):
+# - "view": dcr and focus with every b_i = 1 but the last move nothing (the permute is the identity);
+# - "phases" (one strided copy per phase into its channel slot: torch.stack, each copy walks whole rows):
+#   crd with R = prod(b) <= 4 and C <= 16 in 1-D/2-D or R <= 8 and C <= 4 (0.12-0.5×; 3-D (1,2,2) with
+#   C = 16 stacks at 0.43×, two-step below at 0.30×); focus with C <= 4 and
+#   R <= 8 (0.5-0.8×). Never dcr: its runs are already b_n·C long and stacking made it 1.3-2.3× slower,
+#   as it does focus from C = 8 on (1.1-1.35×);
+# - "two-step" crd with b_n < 8: the dcr copy, then each position's (R, C) -> (C, R) transpose
+#   (C = 32, block 2×2: 0.23×, 4×4: 0.6×, 2×2×2 with C = 16: 0.21×; 8×8 is 1.4× slower: plain permute);
+# - depth_to_space reads the same runs: 2-D square crd uses PyTorch's channels-last pixel_shuffle kernel
+#   (0.5-0.7×), other crd blocks with C <= 16 and b_n < 8 the transpose first, then the dcr copy (3-D:
+#   0.54-0.81×); a per-phase copy gained nothing over those for C > 4.
+def _s2d_method(C: int, block: Sequence[int], order: str) -> str:
+    """How a channels-last space_to_depth copies: ``view``, ``phases``, ``two-step`` or ``permute``.
+
+    >>> _s2d_method(3, (2, 2), "focus"), _s2d_method(32, (2, 2), "crd"), _s2d_method(32, (8, 8), "crd")
+    ('phases', 'two-step', 'permute')
+    """
+    R = math.prod(block)
+    if R == 1 or (order != "crd" and all(b == 1 for b in block[:-1])):
+        return "view"
+    if order == "dcr":
+        return "permute"
+    if order == "focus":
+        return "phases" if C <= 4 and R <= 8 else "permute"
+    if (len(block) <= 2 and R <= 4 and C <= 16) or (R <= 8 and C <= 4):
+        return "phases"
+    return "two-step" if block[-1] < 8 else "permute"
+
+
+def _d2s_method(C: int, block: Sequence[int], order: str) -> str:
+    """How a channels-last depth_to_space copies: ``view``, ``pixel_shuffle``, ``two-step`` or ``permute``.
+
+    >>> _d2s_method(4, (1, 4), "dcr"), _d2s_method(3, (2, 2), "crd"), _d2s_method(16, (2, 2, 2), "crd")
+    ('view', 'pixel_shuffle', 'two-step')
+    """
+    if math.prod(block) == 1 or (order != "crd" and all(b == 1 for b in block[:-1])):
+        return "view"
+    if order != "crd":
+        return "permute"
+    if len(block) == 2 and block[0] == block[1] > 1 and C > 1:
+        return "pixel_shuffle"
+    return "two-step" if C <= 16 and block[-1] < 8 else "permute"
+
+
+def _s2d_channels_last(x: torch.Tensor, b: tuple[int, ...], order: str, outer: list[int]) -> torch.Tensor:
+    """space_to_depth of a channels-last ``x``, in its memory order; the result is channels-last."""
+    n = len(b)
+    N, C = x.shape[:2]
+    R = math.prod(b)
+    m = x.permute(_TO_LAST[n])  # (N, *S, C), contiguous
+    if order != "crd" and n == 1:  # (the commonest no-copy case, before the general test in _s2d_method)
+        return m.reshape(N, outer[0], C * R).permute(0, 2, 1)
+    how = _s2d_method(C, b, order)
+    if how == "view":
+        return m.reshape(N, *outer, C * R).permute(_TO_FIRST[n])
+    v = m.reshape(N, *_interleave(outer, b), C)
+    if how == "phases":
+        # slot k of each position's channel groups <- x[..., phase_k]: (N, *outer, C, R) or (N, *outer, R, C)
+        srcs = [v[(slice(None), *[s for o in ph for s in (slice(None), o)], slice(None))]
+                for ph in _phase_order(b, order)]
+        out = torch.stack(srcs, n + 2 if order == "crd" else n + 1)
+    elif how == "two-step":
+        # dcr (copies runs of b_n * C values), then each position's (R, C) -> (C, R)
+        d = v.permute(_s2d_perm(n, "dcr", True)).contiguous().view(N, *outer, R, C)
+        out = d.transpose(n + 1, n + 2).contiguous()
+    else:
+        out = v.permute(_s2d_perm(n, order, True)).contiguous()
+    return out.view(N, *outer, C * R).permute(_TO_FIRST[n])
+
+
+def _d2s_channels_last(x: torch.Tensor, b: tuple[int, ...], order: str, C: int) -> torch.Tensor:
+    """depth_to_space of a channels-last ``x``, in its memory order; the result is channels-last."""
+    n = len(b)
+    N, CR, *spatial = x.shape
+    if order != "crd" and n == 1:  # (the commonest no-copy case, before the general test in _d2s_method)
+        return x.permute(0, 2, 1).reshape(N, spatial[0] * b[0], C).permute(0, 2, 1)
+    R = CR // C
+    full = [s * bi for s, bi in zip(spatial, b)]
+    how = _d2s_method(C, b, order)
+    if how == "pixel_shuffle":
+        return F.pixel_shuffle(x, b[0]).contiguous(memory_format=torch.channels_last)
+    m = x.permute(_TO_LAST[n])  # (N, *S, [channel factors]), contiguous
+    if how == "view":
+        return m.reshape(N, *full, C).permute(_TO_FIRST[n])
+    if how == "two-step":
+        # each position's (C, R) -> (R, C), then the dcr copy (runs of b_n * C values)
+        m = m.reshape(N, *spatial, C, R).transpose(n + 1, n + 2).contiguous()
+        order = "dcr"
+    v = m.reshape(N, *spatial, *_factor_sizes(C, b, order))
+    return v.permute(_d2s_perm(n, order, True)).contiguous().view(N, *full, C).permute(_TO_FIRST[n])
+
+
+# ---------------------------------------------------------------------------- the rearrangements
 def space_to_depth(x: torch.Tensor, block: int | Sequence[int], order: str = "crd") -> torch.Tensor:
     """Move each ``block`` of spatial positions into the channel dim.
 
@@ -146,38 +295,17 @@ def space_to_depth(x: torch.Tensor, block: int | Sequence[int], order: str = "cr
     _check_order(order)
     b = check_block(block, n)
     N, C, *spatial = x.shape
-    for i, (s, bi) in enumerate(zip(spatial, b)):
-        if s % bi:
-            raise FoldError(
-                f"spatial dim {i} has size {s}, which is not divisible by block {bi}; "
-                f"pad or crop the input to a multiple of {bi} (pixelfold.fold does this for convs)"
-            )
-    R = math.prod(b)
     outer = [s // bi for s, bi in zip(spatial, b)]
-    axes = _channel_axes(n, order)
+    if [o * bi for o, bi in zip(outer, b)] != spatial:
+        i, s, bi = next((i, s, bi) for i, (s, bi) in enumerate(zip(spatial, b)) if s % bi)
+        raise FoldError(
+            f"spatial dim {i} has size {s}, which is not divisible by block {bi}; "
+            f"pad or crop the input to a multiple of {bi} (pixelfold.fold does this for convs)"
+        )
     if is_channels_last(x):
-        # memory order (N, S_1, ..., S_n, C): split each S_i into (S_i/b_i, b_i)
-        v = x.movedim(1, -1).reshape(N, *_interleave(outer, b), C)
-        blocks = [1 + 2 * i for i in range(n)]
-        phases = [2 + 2 * i for i in range(n)]
-        pos = {"c": 2 * n + 1, **{str(i): phases[i] for i in range(n)}}
-        p = v.permute(0, *blocks, *[pos[a] for a in axes])
-        if not p.is_contiguous():  # (when it is, e.g. 1-D dcr, the result is a view: nothing moves)
-            if R <= _FEW_PHASES and C <= _FEW_CHANNELS:
-                # one copy per phase: slot k of each position's channel groups <- x[..., phase_k]
-                srcs = [v[(slice(None), *[s for o in ph for s in (slice(None), o)], slice(None))]
-                        for ph in _phase_order(b, order)]
-                out = torch.stack(srcs, -1 if order == "crd" else -2)  # (N, *outer, C, R) or (N, *outer, R, C)
-                return out.view(N, *outer, C * R).movedim(n + 1, 1)
-            if order == "crd" and b[-1] < _TWO_STEP_BELOW:
-                # dcr (copies runs of b_n * C values), then each position's (R, C) -> (C, R)
-                d = v.permute(0, *blocks, *phases, 2 * n + 1).contiguous().view(N, *outer, R, C)
-                return d.transpose(-1, -2).contiguous().view(N, *outer, C * R).movedim(n + 1, 1)
-        return p.contiguous().view(N, *outer, C * R).movedim(n + 1, 1)
+        return _s2d_channels_last(x, b, order, outer)
     v = x.reshape(N, C, *_interleave(outer, b))
-    pos = {"c": 1, **{str(i): 3 + 2 * i for i in range(n)}}
-    perm = [0, *[pos[a] for a in axes], *[2 + 2 * i for i in range(n)]]
-    return v.permute(perm).reshape(N, C * R, *outer)
+    return v.permute(_s2d_perm(n, order, False)).reshape(N, C * math.prod(b), *outer)
 
 
 def depth_to_space(x: torch.Tensor, block: int | Sequence[int], order: str = "crd") -> torch.Tensor:
@@ -206,19 +334,7 @@ def depth_to_space(x: torch.Tensor, block: int | Sequence[int], order: str = "cr
             f"use a block whose product divides {CR}"
         )
     C = CR // R
-    axes = _channel_axes(n, order)
-    sizes = {"c": C, **{str(i): bi for i, bi in enumerate(b)}}
-    full = [s * bi for s, bi in zip(spatial, b)]
     if is_channels_last(x):
-        # memory order (N, S_1, ..., S_n, [channel factors])
-        if order == "crd" and n == 2 and b[0] == b[1] > 1 and C > 1:
-            # PyTorch's channels-last pixel_shuffle kernel (vectorised over channels) is the fastest here
-            return F.pixel_shuffle(x, b[0]).contiguous(memory_format=torch.channels_last)
-        v = x.movedim(1, -1).reshape(N, *spatial, *[sizes[a] for a in axes])
-        at = {a: 1 + n + k for k, a in enumerate(axes)}
-        perm = [0, *[d for i in range(n) for d in (1 + i, at[str(i)])], at["c"]]
-        return v.permute(perm).contiguous().view(N, *full, C).movedim(n + 1, 1)
-    v = x.reshape(N, *[sizes[a] for a in axes], *spatial)
-    at = {a: 1 + k for k, a in enumerate(axes)}
-    perm = [0, at["c"], *[d for i in range(n) for d in (1 + n + 1 + i, at[str(i)])]]
-    return v.permute(perm).reshape(N, C, *full)
+        return _d2s_channels_last(x, b, order, C)
+    v = x.reshape(N, *_factor_sizes(C, b, order), *spatial)
+    return v.permute(_d2s_perm(n, order, False)).reshape(N, C, *[s * bi for s, bi in zip(spatial, b)])

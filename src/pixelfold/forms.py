@@ -390,7 +390,7 @@ def lowered(op: Op, style: str, torch_style: str = "native") -> list[Op]:
     ops keep the rearrangement's ``block``, ``order`` and ``channels``, so a target can refuse, say, the
     transposes of a ``crd`` shuffle, and their ``grid`` (sizes, for a size rule). torch's own
     ``PixelShuffle``/``PixelUnshuffle`` are lowered in ``torch_style`` (what the target's converter makes
-    of them: ``native`` for torch.onnx, ``reshape6`` for litert-torch).
+    of them: ``native`` for torch.onnx, ``litert`` for litert-torch; :data:`TORCH_LOWERINGS`).
 
     >>> [str(o) for o in lowered(Op("depth_to_space", block=(2, 2), order="crd"), "rank4")]
     ['reshape 2×2 crd rank 4', 'transpose 2×2 crd rank 4', 'reshape 2×2 crd rank 4', 'transpose 2×2 crd rank 4', 'reshape 2×2 crd rank 4']

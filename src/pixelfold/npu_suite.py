@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from torch import nn
 
 from .errors import FoldError
 
@@ -178,6 +177,7 @@ def run(models: Sequence[str] | None = None, targets: Sequence[str] | None = Non
     from . import targets as T
     from . import zoo
     from .rewrite import rewrite
+    from .verify import compare_modules
 
     names = list(models or zoo.ZOO)
     judged = [t for t in (targets or T.names()) if T.get(t).judged]
@@ -195,7 +195,7 @@ def run(models: Sequence[str] | None = None, targets: Sequence[str] | None = Non
             row = Row(name, target, Verdict(), None, rewrite_ms=(time.perf_counter() - t0) * 1e3)
             row.changed = [f"{e.path}: {e.transform}" for e in report.changed]
             row.kept = [f"{e.path}: {e.reason}" for e in report.skipped]
-            row.e2e_error = fp64_error(model, new, x) if report.changed else 0.0
+            row.e2e_error = compare_modules(model, new, x) if report.changed else 0.0  # float64 copies
             if report.failed:
                 row.kept += [f"{e.path}: FAILED {e.reason}" for e in report.failed]
             rows[(name, target)] = row
@@ -253,22 +253,6 @@ def render_markdown(rows: Sequence[Row], info: dict[str, Any]) -> str:
                 for op, rs in v.reasons.items():
                     lines.append(f"- {r.model} → {r.target} ({when}) {op}: {rs[0][:200]}")
     return "\n".join(lines) + "\n"
-
-
-def fp64_error(model: nn.Module, new: nn.Module, x: torch.Tensor) -> float:
-    """Max abs error of ``new`` against ``model`` on ``x``, both run in float64 (copies; the models are untouched).
-
-    >>> m = nn.Conv2d(3, 4, 3, stride=2)
-    >>> import pixelfold as pf
-    >>> fp64_error(m, pf.fold(m, 2), torch.randn(1, 3, 8, 8)) < 1e-12
-    True
-    """
-    import copy
-
-    a, b = copy.deepcopy(model).double().eval(), copy.deepcopy(new).double().eval()
-    with torch.no_grad():
-        ya, yb = a(x.double()), b(x.double())
-    return float((ya - yb).abs().max()) if ya.numel() else 0.0
 
 
 def render_by_target(rows: Sequence[Row]) -> list[str]:

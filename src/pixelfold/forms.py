@@ -341,7 +341,7 @@ FORMS: dict[str, FormDef] = {
     "patch_linear": FormDef(
         "patch_linear", ("conv",), "a patchify conv (kernel = stride, no padding) as one matrix product",
         lambda m, s, shape: ({"order": o} for o in ("crd", "dcr")) if s is not None and is_patch(s) else iter(()),
-        _patch_ops, lambda m, o: L.PatchLinear(m, o.get("order", "crd"))),
+        _patch_ops, lambda m, o: L.PatchLinear(m, o.get("order", "crd"), o.get("memory_format", "conv"))),
     "to_depth": FormDef(
         "to_depth", ("conv",), "space_to_depth(block) → conv (stride and padding divisible by the block)",
         _to_depth_options,

@@ -85,6 +85,16 @@ def _traced() -> bool:
     return bool(torch.jit.is_tracing() or torch.jit.is_scripting())
 
 
+def conv_output_format(x: torch.Tensor) -> torch.memory_format:
+    """The memory format of ``nn.ConvNd``'s output for input ``x``: channels-last for a (strictly) channels-last
+    4-D/5-D input, else contiguous."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
+
+
 def _like_conv_output(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``y`` in the memory format PyTorch's conv gives for input ``x``: channels-last for a channels-last
     4-D/5-D input, else contiguous (a crop or a rearrangement view would break a downstream ``.view()``).
@@ -92,11 +102,7 @@ def _like_conv_output(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     Canonical strides, not just ``is_contiguous()``: a conv whose output has odd strides on size-1 dims
     (e.g. ``(4, 1, 2)`` for shape ``(1, 2, 2)``) fails in float64 backward ("grad_weight must be contiguous").
     """
-    fmt = torch.contiguous_format
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        fmt = torch.channels_last
-    elif x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous():
-        fmt = torch.channels_last_3d
+    fmt = conv_output_format(x)
     if fmt is torch.contiguous_format:
         want, acc = [], 1
         for size in reversed(y.shape):

@@ -269,6 +269,7 @@ def _draw_patch_linear(rng: random.Random) -> Spec:
                 d=[1] * dims if rng.random() < 0.92 else _tup(rng, dims, 1, 2), g=g, bias=rng.random() < 0.6,
                 mode=rng.choice(MODES), order=order, n=rng.randint(1, 3))
     spec["size"] = [m + rng.randint(0, 2 * ki) for m, ki in zip(_conv_sizes(rng, spec, 0), k)]
+    spec["memfmt"] = rng.choice(["conv", "channels_last"])  # drawn last: the earlier draws keep their streams
     return spec
 
 
@@ -385,7 +386,7 @@ def source(spec: Spec) -> tuple[list[str], list[str]]:
     elif t == "polyphase":
         form.append(f"form = pixelfold.polyphase(src, {b}, {order!r})")
     elif t == "patch_linear":
-        form.append(f"form = pixelfold.PatchLinear(src, {order!r})")
+        form.append(f"form = pixelfold.PatchLinear(src, {order!r}, {spec.get('memfmt', 'conv')!r})")
     elif t == "to_space":
         form.append(f"form = pixelfold.to_space(conv, {b}, {order!r})")
         fwd = f"lambda x: form(d2s(x, {b}, {order!r}))"

@@ -177,5 +177,5 @@ def test_cli_rewrite_qdq_file(tmp_path, capsys):
     onnx.save(qv.quantize(_float_model(strides=[2, 2], pads=[1, 1, 1, 1])), src)
     assert cli.main(["rewrite", str(src), "--profile", "no_stride", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "int8 QDQ: integer accumulators max |Δ| 0 (1 conv); ORT optimisations on: 0 LSB (original conv fused" in text
+    assert "int8 QDQ: integer accumulators max |Δ| 0 (1 checked); ORT optimisations on: 0 LSB (original conv fused" in text
     assert "SpaceToDepth" in [n.op_type for n in onnx.load(out).graph.node]

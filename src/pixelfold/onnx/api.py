@@ -29,7 +29,7 @@ def _try(cur: onnx.ModelProto, idx: int, pattern: Pattern, entry: LayerChange) -
     """Apply ``pattern`` at node ``idx`` to a copy of ``cur``, verify it; the new model or ``cur`` (reverted)."""
     cand = copy.deepcopy(cur)
     try:
-        splice = pattern.build(cand, idx, graph.static_shapes(cur))
+        splice = pattern.splice(cand, idx, graph.static_shapes(cur))
         splice.apply(cand)
         graph.prune_initializers(cand)
         onnx.shape_inference.infer_shapes(cand, check_type=True, strict_mode=True)

@@ -25,6 +25,8 @@ class Splice:
     remove: list[int]
     nodes: list[onnx.NodeProto]
     at: int | None = None
+    #: outputs of nodes (e.g. a weight's DequantizeLinear) to delete after the splice if nothing reads them
+    drop_if_dead: list[str] = field(default_factory=list)
 
     def apply(self, model: onnx.ModelProto) -> None:
         """Splice (in place) into ``model.graph.node``."""
@@ -33,6 +35,11 @@ class Splice:
             del model.graph.node[i]
         for j, n in enumerate(self.nodes):
             model.graph.node.insert(at + j, n)
+        read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+        for i in reversed(range(len(model.graph.node))):
+            outs = model.graph.node[i].output
+            if outs and all(o in self.drop_if_dead and o not in read for o in outs):
+                del model.graph.node[i]
 
 
 Builder = Callable[[onnx.ModelProto, int, dict], Splice]
@@ -47,6 +54,17 @@ class Pattern:
     build: Builder
     doc: str = ""
     applies: Callable[[onnx.NodeProto], bool] = field(default=lambda node: True)
+    #: on int8 QDQ graphs, run the builder through :func:`pixelfold.onnx.qdq_lift.lift` (integer weights kept)
+    lift_qdq: bool = False
+
+    def splice(self, model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
+        """The builder's :class:`Splice` for node ``idx``; through the QDQ lift where the weight is quantized."""
+        if self.lift_qdq:
+            from pixelfold.onnx import qdq_lift
+
+            if qdq_lift.liftable(model, idx):
+                return qdq_lift.lift(self, model, idx, shapes)
+        return self.build(model, idx, shapes)
 
 
 PATTERNS: dict[str, Pattern] = {}

@@ -101,7 +101,7 @@ def register_block(block: int) -> Pattern:
 
     return register(Pattern(f"polyphase{block}", ("Conv",), build,
                             f"Conv (stride s) => [Pad] [Slice] SpaceToDepth(s*{block}) Conv(stride 1) "
-                            f"DepthToSpace({block}, DCR) [Slice]"))
+                            f"DepthToSpace({block}, DCR) [Slice]", lift_qdq=True))
 
 
 register_block(2)

@@ -25,9 +25,12 @@ import onnx
 import torch
 from onnx import helper
 
-from pixelfold.onnx.graph import attrs, const
+from pixelfold.onnx.graph import attrs, const, static_shapes
+from pixelfold.onnx.qdq_region import accumulator_error, region_ends
 from pixelfold.onnx.qdq import consumers, producer, weight_dq
 
+#: ops onnxruntime runs in float when it does not fuse them into an integer kernel (QLinearConv, ...)
+FLOAT_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 #: gate on the folded conv's own quantized output with ORT optimisations off (float Conv, reordered sum)
 LOCAL_OFF_LSB = 1.0
 
@@ -105,6 +108,12 @@ def _accumulators(x_q: np.ndarray, zx: float, w: np.ndarray, conv: onnx.NodeProt
     return torch.nn.functional.conv2d(x, torch.from_numpy(w), stride=s, dilation=d, groups=int(a.get("group", 1))).numpy()
 
 
+def _dims(model: onnx.ModelProto, name: str) -> list[int | None]:
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    vi = next(v for v in [*inferred.input, *inferred.value_info] if v.name == name)
+    return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+
+
 def _with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     inferred = onnx.shape_inference.infer_shapes(model)
     types = {vi.name: vi.type.tensor_type.elem_type for vi in [*inferred.graph.value_info, *inferred.graph.input]}
@@ -133,7 +142,7 @@ def measure(before: onnx.ModelProto, after: onnx.ModelProto, anchors: list[str],
     res = {"integer": 0.0, "on": 0.0, "off": 0.0, "local_off": 0.0, "fused": 1.0, "max_ref": 0.0, "checked": 0.0}
     with tempfile.TemporaryDirectory() as d:
         s_before = session(before, True, os.path.join(d, "opt.onnx"))
-        kept_float = {n.name for n in onnx.load(os.path.join(d, "opt.onnx")).graph.node if n.op_type == "Conv"}
+        kept_float = {n.name for n in onnx.load(os.path.join(d, "opt.onnx")).graph.node if n.op_type in FLOAT_OPS}
     res["fused"] = float(not kept_float & set(anchors))
     s_after = session(after, True)
     for f in feeds:
@@ -148,14 +157,29 @@ def measure(before: onnx.ModelProto, after: onnx.ModelProto, anchors: list[str],
         ob, oa = _operands(before, convs["b"][name]), _operands(after, convs["a"][name])
         if ob is not None and oa is not None:
             ops.append((ob, oa))
-        qs = [before.graph.node[i] for i in consumers(before, convs["b"][name].output[0])]
-        if len(qs) == 1 and qs[0].op_type == "QuantizeLinear":
+    after_values = {o for n in after.graph.node for o in n.output}
+    for node in (n for n in before.graph.node if n.name in anchors):  # any op: a subpixel ConvTranspose too
+        qs = [before.graph.node[i] for i in consumers(before, node.output[0])]
+        if len(qs) == 1 and qs[0].op_type == "QuantizeLinear" and qs[0].output[0] in after_values:
             local.append(qs[0].output[0])
     # both convolutions' integer inputs are read from one run of ``after`` (the original conv's quantized input
     # is still there: the new rearrangement reads it), so upstream differences cannot enter the comparison
     have = {o for n in after.graph.node for o in n.output} | {i.name for i in after.graph.input}
     ops = [(ob, oa) for ob, oa in ops if ob[0] in have]
     res["checked"] = float(len(ops))
+    # the other rewritten nodes (a subpixel ConvTranspose, a polyphase Conv, ...): their whole region's
+    # accumulators, exactly, by ONNX's reference implementation (pixelfold.onnx.qdq_region)
+    done = {oa[3].name for _, oa in ops}
+    shapes = static_shapes(before)
+    for node in (n for n in before.graph.node if n.name in anchors and n.name not in done):
+        ends = region_ends(before, node)
+        if ends is None:
+            continue
+        shape = shapes.get(ends[0]) or [8 if d is None else d for d in _dims(before, ends[0])]
+        err = accumulator_error(before, after, node, shape, seed)
+        if err is not None:
+            res["integer"] = max(res["integer"], err)
+            res["checked"] += 1
     sb = session(_with_outputs(before, local), False)
     sa = session(_with_outputs(after, [o[0][0] for o in ops] + [o[1][0] for o in ops] + local), False)
     k = n_out + 2 * len(ops)
@@ -184,7 +208,7 @@ def compare(before: onnx.ModelProto, after: onnx.ModelProto, seed: int = 0,
     # quantized output, so the 1-LSB bound holds per rewrite only; it is then reported, not gated
     local = e["local_off"] - LOCAL_OFF_LSB if len(anchors) == 1 else 0.0
     excess = max(e["integer"], e["on"] if e["fused"] else 0.0, local)
-    note = (f"int8 QDQ: integer accumulators max |Δ| {e['integer']:g} ({e['checked']:g} conv); ORT optimisations on: {e['on']:g} LSB "
+    note = (f"int8 QDQ: integer accumulators max |Δ| {e['integer']:g} ({e['checked']:g} checked); ORT optimisations on: {e['on']:g} LSB "
             f"(original conv {'fused, gate 0' if e['fused'] else 'not fused by ORT: float, not gated'}); "
             f"off: {e['off']:g} LSB at the outputs, {e['local_off']:g} LSB at the conv"
             f"{f' (gate {LOCAL_OFF_LSB:g})' if len(anchors) == 1 else 's (with propagated differences, not gated)'}")

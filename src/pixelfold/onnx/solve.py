@@ -78,7 +78,7 @@ def _messages(violations: Sequence[Any]) -> list[str]:
 def _splice(model: onnx.ModelProto, idx: int, name: str, shapes: dict) -> tuple[onnx.ModelProto, set[str], set[str]]:
     """``(new model, names removed, names added)`` of pattern ``name`` at node ``idx``; FoldError if it does not apply."""
     cand = copy.deepcopy(model)
-    splice = PATTERNS[name].build(cand, idx, shapes)
+    splice = PATTERNS[name].splice(cand, idx, shapes)
     removed = {cand.graph.node[i].name for i in splice.remove}
     added = {n.name for n in splice.nodes}
     splice.apply(cand)

@@ -124,6 +124,8 @@ def _builder(order: str):
 
 
 register(Pattern("subpixel", ("ConvTranspose",), _builder("dcr"),
-                 "ConvTranspose(stride r) => [Slice] [Pad] Conv(stride 1) -> DepthToSpace(r, DCR) [-> Slice]"))
+                 "ConvTranspose(stride r) => [Slice] [Pad] Conv(stride 1) -> DepthToSpace(r, DCR) [-> Slice]",
+                 lift_qdq=True))
 register(Pattern("subpixel_crd", ("ConvTranspose",), _builder("crd"),
-                 "ConvTranspose(stride r) => [Slice] [Pad] Conv(stride 1) -> DepthToSpace(r, CRD) [-> Slice]"))
+                 "ConvTranspose(stride r) => [Slice] [Pad] Conv(stride 1) -> DepthToSpace(r, CRD) [-> Slice]",
+                 lift_qdq=True))

@@ -1,0 +1,159 @@
+"""Weight-moving ONNX patterns on int8 QDQ graphs (pixelfold.onnx.qdq_lift): integer weights kept, integer
+accumulators identical (pixelfold.onnx.qdq_region, ONNX's reference implementation), onnxruntime in LSBs."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime.quantization")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from pixelfold.errors import FoldError  # noqa: E402
+from pixelfold.onnx import qdq_lift  # noqa: E402
+from pixelfold.onnx import qdq_verify as qv  # noqa: E402
+from pixelfold.onnx.api import rewrite_onnx  # noqa: E402
+from pixelfold.onnx.nodes import producer  # noqa: E402
+from pixelfold.onnx.patterns import PATTERNS, Pattern, Splice  # noqa: E402
+
+
+def _model(op, wshape, cin, bias=True, hw=(12, 13), **a):
+    rng = np.random.default_rng(1)
+    inits = [numpy_helper.from_array(rng.standard_normal(wshape).astype(np.float32), "w")]
+    ins = ["x", "w"]
+    if bias:
+        o = wshape[1] * a.get("group", 1) if op == "ConvTranspose" else wshape[0]
+        inits.append(numpy_helper.from_array(rng.standard_normal(o).astype(np.float32), "b"))
+        ins.append("b")
+    g = helper.make_graph([helper.make_node(op, ins, ["y"], name="n", **a)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, cin, *hw])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _qlc(model) -> int:
+    return collections.Counter(n.op_type for n in qv.fused_ops(model))["QLinearConv"]
+
+
+def _check(q, pattern):
+    before = q.SerializeToString()
+    new, rep = rewrite_onnx(q, (pattern,))
+    assert q.SerializeToString() == before  # the user's model is not mutated
+    e = rep.entries[0]
+    assert e.status == "changed", (e.status, e.reason)
+    m = qv.measure(q, new, ["n"], seed=5, batches=3)
+    assert m["checked"] == 1 and m["integer"] == 0.0, m  # the region's integer accumulators are identical
+    if m["fused"]:  # ORT fuses the original into QLinearConv: the rewrite is bit-identical
+        assert m["on"] == 0.0, m
+    assert m["local_off"] <= qv.LOCAL_OFF_LSB, m
+    inits = {t.name: numpy_helper.to_array(t) for t in new.graph.initializer}
+    for conv in (n for n in new.graph.node if n.op_type in ("Conv", "ConvTranspose")):  # weights stay integer
+        dq = new.graph.node[producer(new, conv.input[1])]
+        assert dq.op_type == "DequantizeLinear" and inits[dq.input[0]].dtype.kind in "iu"
+        if len(conv.input) > 2:
+            bq = new.graph.node[producer(new, conv.input[2])]
+            assert bq.op_type == "DequantizeLinear" and inits[bq.input[0]].dtype == np.int32
+    assert not any(v.dtype.kind == "f" and v.ndim == 4 for v in inits.values())
+    assert _qlc(new) >= 1  # the new Conv is fused into QLinearConv (integer arithmetic)
+    return new, m
+
+
+CONVT = [dict(strides=[2, 2], pads=[1, 1, 1, 1], w=(8, 6, 4, 4)), dict(strides=[3, 3], w=(8, 4, 3, 3)),
+         dict(strides=[2, 2], pads=[1, 1, 1, 1], output_padding=[1, 1], w=(8, 4, 3, 3)),
+         dict(strides=[2, 2], dilations=[2, 2], w=(8, 4, 3, 3)), dict(strides=[2, 2], auto_pad="SAME_UPPER", w=(8, 4, 3, 3)),
+         dict(strides=[2, 2], output_shape=[25, 26], w=(8, 4, 4, 4)), dict(strides=[2, 2], w=(8, 4, 2, 2), bias=False)]
+CONV = [dict(pads=[1, 1, 1, 1], w=(8, 8, 3, 3)), dict(strides=[2, 2], pads=[1, 1, 1, 1], w=(8, 8, 3, 3)),
+        dict(strides=[2, 2], auto_pad="SAME_LOWER", w=(8, 8, 5, 5)), dict(w=(6, 8, 3, 3), bias=False, dilations=[2, 2])]
+
+
+def _ids(cases):
+    return [",".join(f"{k}={v}" for k, v in c.items()) for c in cases]
+
+
+@pytest.mark.parametrize("activation, per_channel", [("int8", True), ("uint8", False), ("uint8", True)])
+@pytest.mark.parametrize("pattern", ["subpixel", "subpixel_crd"])
+@pytest.mark.parametrize("case", CONVT, ids=_ids(CONVT))
+def test_qdq_subpixel_keeps_integers(case, pattern, activation, per_channel):
+    """ConvTranspose (which onnxruntime runs in float) → Conv + DepthToSpace, fused into QLinearConv."""
+    c = dict(case)
+    w, bias = c.pop("w"), c.pop("bias", True)
+    q = qv.quantize(_model("ConvTranspose", w, w[0], bias, **c), per_channel, activation)
+    assert _qlc(q) == 0
+    new, _ = _check(q, pattern)
+    assert "DepthToSpace" in [n.op_type for n in new.graph.node]
+
+
+@pytest.mark.parametrize("activation, per_channel", [("int8", True), ("uint8", False)])
+@pytest.mark.parametrize("pattern", ["polyphase2", "polyphase4"])
+@pytest.mark.parametrize("case", CONV, ids=_ids(CONV))
+def test_qdq_polyphase_is_bit_identical(case, pattern, activation, per_channel):
+    c = dict(case)
+    w, bias = c.pop("w"), c.pop("bias", True)
+    q = qv.quantize(_model("Conv", w, w[1], bias, **c), per_channel, activation)
+    _, m = _check(q, pattern)
+    assert m["fused"] == 1.0 and m["on"] == 0.0  # ORT fuses both: identical int8 outputs
+
+
+def test_qdq_grouped_subpixel_crd_per_tensor():
+    """Grouped ConvTranspose: CRD keeps the groups (DCR is refused with the reason). Per tensor only:
+    onnxruntime's quantize_static itself fails on a per-channel grouped ConvTranspose (bias scales of O/g)."""
+    q = qv.quantize(_model("ConvTranspose", (8, 3, 4, 4), 8, True, strides=[2, 2], pads=[1, 1, 1, 1], group=2),
+                    False, "uint8")
+    _check(q, "subpixel_crd")
+    _, rep = rewrite_onnx(q, ("subpixel",))
+    assert rep.entries[0].status == "skipped" and "use order='crd'" in rep.entries[0].reason
+
+
+def test_qdq_lift_wrong_tap_is_caught_by_the_integer_check(monkeypatch):
+    """One weight tap one step off: the region's accumulators differ (no tolerance) and the rewrite is reverted."""
+    q = qv.quantize(_model("ConvTranspose", (8, 4, 4, 4), 8, True, strides=[2, 2], pads=[1, 1, 1, 1]), True, "uint8")
+    right = qdq_lift._dq_node
+
+    def one_off(model, q_, *args):
+        if q_.ndim == 4:
+            q_ = q_.copy()
+            q_.reshape(-1)[17] += 1 if q_.reshape(-1)[17] < 100 else -1
+        return right(model, q_, *args)
+
+    monkeypatch.setattr(qdq_lift, "_dq_node", one_off)
+    new, rep = rewrite_onnx(q, ("subpixel",))
+    e = rep.entries[0]
+    assert e.status == "failed" and e.max_error >= 1, (e.status, e.reason, e.note)
+    assert "integer accumulators max |Δ|" in e.note
+    assert [n.op_type for n in new.graph.node] == [n.op_type for n in q.graph.node]
+
+
+def _fake(build_weight):
+    """A pattern replacing a QDQ Conv by a 1x1-kernel Conv whose weight ``build_weight(old)`` computes."""
+    def build(model, idx, shapes):
+        from pixelfold.onnx.graph import const
+        from pixelfold.onnx.nodes import init
+
+        node = model.graph.node[idx]
+        w = build_weight(const(model, node.input[1]))
+        conv = helper.make_node("Conv", [node.input[0], init(model, w, "w_fake")], list(node.output), name="fake")
+        return Splice(remove=[idx], nodes=[conv])
+    return Pattern("fake", ("Conv",), build, lift_qdq=True)
+
+
+def test_qdq_lift_refuses_arithmetic_on_taps():
+    q = qv.quantize(_model("Conv", (4, 3, 3, 3), 3, False), True, "uint8")
+    idx = next(i for i, n in enumerate(q.graph.node) if n.op_type == "Conv")
+    summed = _fake(lambda w: w.sum(axis=(2, 3), keepdims=True))
+    with pytest.raises(FoldError, match=r"computes its new weight from the old taps \(not a permutation with zero"):
+        summed.splice(q, idx, {})
+
+
+def test_qdq_lift_refuses_a_channel_mixing_per_channel_scales():
+    q = qv.quantize(_model("Conv", (4, 3, 1, 1), 3, False), True, "uint8")
+    idx = next(i for i, n in enumerate(q.graph.node) if n.op_type == "Conv")
+    swap = _fake(lambda w: np.concatenate([w[:1, :1], w[1:2, 1:]], axis=1).repeat(4, axis=0))  # taps of 2 channels
+    with pytest.raises(FoldError, match=r"new weight channel 0 mixes taps of old channels 0 and 1, which have"):
+        swap.splice(q, idx, {})
+
+
+def test_lifted_patterns_are_registered():
+    assert {n for n, p in PATTERNS.items() if p.lift_qdq} >= {"subpixel", "subpixel_crd", "polyphase2", "polyphase4"}

@@ -179,3 +179,39 @@ def test_cli_rewrite_qdq_file(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "int8 QDQ: integer accumulators max |Δ| 0 (1 conv); ORT optimisations on: 0 LSB (original conv fused" in text
     assert "SpaceToDepth" in [n.op_type for n in onnx.load(out).graph.node]
+
+
+# ---------------------------------------------------------------------------- the target solver on QDQ graphs
+def _big_kernel_qdq(activation="uint8"):
+    """A k33 s4 Conv: rk3588 rejects kernels > 31, so the solver folds it (fold+lower4)."""
+    return qv.quantize(_float_model(k=33, hw=(32, 32), strides=[4, 4], pads=[16, 16, 16, 16]), True, activation)
+
+
+@pytest.mark.parametrize("activation", ["int8", "uint8"])
+def test_solver_checks_qdq_candidates_with_the_lsb_gates(activation):
+    """rewrite_onnx_for_target verifies a QDQ candidate as rewrite_onnx does (one shared step): integer
+    accumulators and ORT in LSBs, tolerance 0, the measurements in the note (it used the float check)."""
+    from pixelfold.onnx.solve import rewrite_onnx_for_target
+
+    q = _big_kernel_qdq(activation)
+    new, rep = rewrite_onnx_for_target(q, "rk3588")
+    (e,) = rep.entries
+    assert (e.status, e.transform, e.max_error, e.tolerance) == ("changed", "fold+lower4", 0.0, 0.0), e
+    assert "runs on it; int8 QDQ: integer accumulators max |Δ| 0 (1 conv)" in e.note
+    assert rep.end_to_end_tolerance == 0.0 and rep.end_to_end_error == 0.0
+    assert rep.end_to_end_checked_on.startswith("onnxruntime CPU; int8 QDQ: integer accumulators")
+    e2 = qv.measure(q, new, ["conv"], seed=5)
+    assert e2["integer"] == 0.0 and e2["on"] == 0.0 and e2["local_off"] == 0.0, e2
+
+
+def test_solver_reverts_a_qdq_candidate_on_an_lsb_gate(monkeypatch):
+    """One LSB off with ORT optimisations on (faked): rewrite_onnx and the solver both revert it."""
+    from pixelfold.onnx.solve import rewrite_onnx_for_target
+
+    q = _big_kernel_qdq()
+    fake = {"integer": 0.0, "on": 1.0, "off": 0.0, "local_off": 0.0, "fused": 1.0, "max_ref": 1.0, "checked": 1.0}
+    monkeypatch.setattr(qv, "measure", lambda *a, **k: fake)
+    for new, rep in (rewrite_onnx(q), rewrite_onnx_for_target(q, "rk3588")):
+        (e,) = rep.entries
+        assert e.status == "failed" and "max |Δ| 1 > tolerance 0; reverted" in e.reason, e
+        assert [n.op_type for n in new.graph.node] == [n.op_type for n in q.graph.node]

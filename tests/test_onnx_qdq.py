@@ -138,10 +138,25 @@ def test_qdq_shared_activation_two_strided_branches():
         assert all(t.name in used for t in new.graph.initializer)  # old weights removed
 
 
-def test_qdq_grouped_is_skipped_with_reason():
-    _, rep = rewrite_onnx(qv.quantize(_float_model(c=4, o=4, group=2, strides=[2, 2], pads=[1, 1, 1, 1])))
-    assert rep.entries[0].status == "skipped"
-    assert "interleaves channels of different groups" in rep.entries[0].reason
+@pytest.mark.parametrize("activation", ["int8", "uint8"])
+@pytest.mark.parametrize("c,o,group,attrs", [
+    (8, 8, 8, dict(strides=[2, 2], pads=[1, 1, 1, 1])),  # MobileNet's depthwise 3x3/2
+    (4, 8, 4, dict(strides=[2, 2], auto_pad="SAME_UPPER")),  # depthwise, channel multiplier 2
+    (4, 6, 2, dict(strides=[2, 2], pads=[0, 1, 2, 0])),
+    (8, 8, 4, dict(strides=[3, 3], auto_pad="SAME_LOWER")),
+], ids=["dw", "dw_x2", "g2", "g4_s3"])
+def test_qdq_grouped_fold_bit_identical(c, o, group, attrs, activation):
+    """group > 1: the CRD Reshape/Transpose/Reshape moves data as SpaceToDepth does (on the uint8 tensor;
+    int8 between DQ and a Q→DQ pair), so the integer accumulators and ORT's outputs are identical."""
+    q = qv.quantize(_float_model(c=c, o=o, group=group, hw=(11, 8), **attrs), True, activation)
+    new, _, fused = _check(q)
+    assert fused == (1, 1)
+    conv = next(n for n in new.graph.node if n.op_type == "Conv")
+    assert next(a.i for a in conv.attribute if a.name == "group") == group
+    movement = ["Reshape", "Transpose", "Reshape"]
+    ops = [n.op_type for n in new.graph.node]
+    want = movement + (["QuantizeLinear", "DequantizeLinear"] if activation == "int8" else ["DequantizeLinear"])
+    assert any(ops[i:i + len(want)] == want for i in range(len(ops))) and "SpaceToDepth" not in ops, ops
 
 
 def test_qdq_lsb_mismatch_is_reverted(monkeypatch):

@@ -34,10 +34,11 @@ def _check(m, n_changed):
     return rep
 
 
-def test_mobilenet_v3_small_stem_folds_depthwise_skipped():
-    rep = _check(_export("mobilenet_v3_small"), 1)
-    assert len(rep.skipped) == 4
-    assert all("interleaves channels of different groups" in e.reason for e in rep.skipped)
+def test_mobilenet_v3_small_stem_and_depthwise_fold():
+    """The stem and the 4 depthwise stride-2 convs (group > 1: CRD Reshape/Transpose/Reshape) all fold."""
+    rep = _check(_export("mobilenet_v3_small"), 5)
+    assert not rep.skipped
+    assert sum(e.after.startswith("Pad → Reshape → Transpose → Reshape → Conv") for e in rep.changed) == 4
 
 
 @pytest.mark.slow
@@ -51,8 +52,8 @@ def test_sweep_writes_table(tmp_path):
 
     assert sweep.main(["--out", str(tmp_path), "--models", "mobilenet_v3_small"]) == 0
     text = (tmp_path / "onnx_sweep.md").read_text()
-    assert "| mobilenet_v3_small | fold ×1 | 4 skipped, 0 failed |" in text
-    assert "| fold ×1, 4 skipped, 0 failed | 0 |" in text  # int8 QDQ: integer accumulators exact
+    assert "| mobilenet_v3_small | fold ×5 | 0 skipped, 0 failed |" in text
+    assert "| fold ×5, 0 skipped, 0 failed | 0 |" in text  # int8 QDQ: integer accumulators exact
 
 
 def _check_qdq(name, n_changed, activation="int8"):
@@ -72,12 +73,12 @@ def _check_qdq(name, n_changed, activation="int8"):
 
 @pytest.mark.parametrize("activation", ["int8", "uint8"])
 def test_mobilenet_v3_small_qdq_bit_identical(activation):
-    rep, e = _check_qdq("mobilenet_v3_small", 1, activation)
-    assert len(rep.skipped) == 4  # ORT leaves this stem a float Conv (not fused) before and after
+    rep, e = _check_qdq("mobilenet_v3_small", 5, activation)  # the stem and the 4 depthwise stride-2 convs
+    assert not rep.skipped
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,n", [("resnet18", 7), ("regnet_x_400mf", 5)])
+@pytest.mark.parametrize("name,n", [("resnet18", 7), ("regnet_x_400mf", 9)])  # regnet: + 4 grouped stride 2
 @pytest.mark.parametrize("activation", ["int8", "uint8"])
 def test_torchvision_qdq_slow(name, n, activation):
     _check_qdq(name, n, activation)

@@ -138,10 +138,25 @@ def test_qdq_shared_activation_two_strided_branches():
         assert all(t.name in used for t in new.graph.initializer)  # old weights removed
 
 
-def test_qdq_grouped_is_skipped_with_reason():
-    _, rep = rewrite_onnx(qv.quantize(_float_model(c=4, o=4, group=2, strides=[2, 2], pads=[1, 1, 1, 1])))
-    assert rep.entries[0].status == "skipped"
-    assert "interleaves channels of different groups" in rep.entries[0].reason
+@pytest.mark.parametrize("activation", ["int8", "uint8"])
+@pytest.mark.parametrize("c,o,group,attrs", [
+    (8, 8, 8, dict(strides=[2, 2], pads=[1, 1, 1, 1])),  # MobileNet's depthwise 3x3/2
+    (4, 8, 4, dict(strides=[2, 2], auto_pad="SAME_UPPER")),  # depthwise, channel multiplier 2
+    (4, 6, 2, dict(strides=[2, 2], pads=[0, 1, 2, 0])),
+    (8, 8, 4, dict(strides=[3, 3], auto_pad="SAME_LOWER")),
+], ids=["dw", "dw_x2", "g2", "g4_s3"])
+def test_qdq_grouped_fold_bit_identical(c, o, group, attrs, activation):
+    """group > 1: the CRD Reshape/Transpose/Reshape moves data as SpaceToDepth does (on the uint8 tensor;
+    int8 between DQ and a Q→DQ pair), so the integer accumulators and ORT's outputs are identical."""
+    q = qv.quantize(_float_model(c=c, o=o, group=group, hw=(11, 8), **attrs), True, activation)
+    new, _, fused = _check(q)
+    assert fused == (1, 1)
+    conv = next(n for n in new.graph.node if n.op_type == "Conv")
+    assert next(a.i for a in conv.attribute if a.name == "group") == group
+    movement = ["Reshape", "Transpose", "Reshape"]
+    ops = [n.op_type for n in new.graph.node]
+    want = movement + (["QuantizeLinear", "DequantizeLinear"] if activation == "int8" else ["DequantizeLinear"])
+    assert any(ops[i:i + len(want)] == want for i in range(len(ops))) and "SpaceToDepth" not in ops, ops
 
 
 def test_qdq_lsb_mismatch_is_reverted(monkeypatch):
@@ -179,3 +194,39 @@ def test_cli_rewrite_qdq_file(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "int8 QDQ: integer accumulators max |Δ| 0 (1 checked); ORT optimisations on: 0 LSB (original conv fused" in text
     assert "SpaceToDepth" in [n.op_type for n in onnx.load(out).graph.node]
+
+
+# ---------------------------------------------------------------------------- the target solver on QDQ graphs
+def _big_kernel_qdq(activation="uint8"):
+    """A k33 s4 Conv: rk3588 rejects kernels > 31, so the solver folds it (fold+lower4)."""
+    return qv.quantize(_float_model(k=33, hw=(32, 32), strides=[4, 4], pads=[16, 16, 16, 16]), True, activation)
+
+
+@pytest.mark.parametrize("activation", ["int8", "uint8"])
+def test_solver_checks_qdq_candidates_with_the_lsb_gates(activation):
+    """rewrite_onnx_for_target verifies a QDQ candidate as rewrite_onnx does (one shared step): integer
+    accumulators and ORT in LSBs, tolerance 0, the measurements in the note (it used the float check)."""
+    from pixelfold.onnx.solve import rewrite_onnx_for_target
+
+    q = _big_kernel_qdq(activation)
+    new, rep = rewrite_onnx_for_target(q, "rk3588")
+    (e,) = rep.entries
+    assert (e.status, e.transform, e.max_error, e.tolerance) == ("changed", "fold+lower4", 0.0, 0.0), e
+    assert "runs on it; int8 QDQ: integer accumulators max |Δ| 0 (1 conv)" in e.note
+    assert rep.end_to_end_tolerance == 0.0 and rep.end_to_end_error == 0.0
+    assert rep.end_to_end_checked_on.startswith("onnxruntime CPU; int8 QDQ: integer accumulators")
+    e2 = qv.measure(q, new, ["conv"], seed=5)
+    assert e2["integer"] == 0.0 and e2["on"] == 0.0 and e2["local_off"] == 0.0, e2
+
+
+def test_solver_reverts_a_qdq_candidate_on_an_lsb_gate(monkeypatch):
+    """One LSB off with ORT optimisations on (faked): rewrite_onnx and the solver both revert it."""
+    from pixelfold.onnx.solve import rewrite_onnx_for_target
+
+    q = _big_kernel_qdq()
+    fake = {"integer": 0.0, "on": 1.0, "off": 0.0, "local_off": 0.0, "fused": 1.0, "max_ref": 1.0, "checked": 1.0}
+    monkeypatch.setattr(qv, "measure", lambda *a, **k: fake)
+    for new, rep in (rewrite_onnx(q), rewrite_onnx_for_target(q, "rk3588")):
+        (e,) = rep.entries
+        assert e.status == "failed" and "max |Δ| 1 > tolerance 0; reverted" in e.reason, e
+        assert [n.op_type for n in new.graph.node] == [n.op_type for n in q.graph.node]

@@ -144,6 +144,23 @@ def test_a_node_no_form_helps_is_skipped_with_the_targets_words():
     assert new.graph.node[0].SerializeToString() == m.graph.node[0].SerializeToString()
 
 
+def test_a_grouped_fold_is_judged_as_the_crd_space_to_depth_it_is():
+    """A grouped fold's Reshape/Transpose/Reshape says what it is (crd space-to-depth, rank 6), so rk3588, which
+    leaves crd rearrangements' Reshapes on the CPU, does not take it for a plain Transpose it runs."""
+    from pixelfold.onnx.api import rewrite_onnx
+
+    m = _model([helper.make_node("Conv", ["x", "w"], ["y"], name="g2", strides=[4, 4], pads=[16, 16, 16, 16], group=2)],
+               [1, 4, 32, 32], [1, 4, 8, 8], [_w("w", 4, 2, 33, 33)])
+    folded, _ = rewrite_onnx(m)
+    moved = [o for o in _all_ops(folded) if o.kind in ("reshape", "transpose")]
+    assert len(moved) == 3 and {(o.order, o.rank, o.block, o.channels, o.grid) for o in moved} == {
+        ("crd", 6, (4, 4), 4, (1, 16, 16))}  # 32 + 2·16 = 64 rows and columns, block 4
+    assert any("crd rearrangements leave a Reshape on the CPU" in v.message for v in RK.rejects(moved))
+    new, rep = rewrite_onnx_for_target(m, "rk3588")
+    assert [e.status for e in rep.entries] == ["skipped"] and "no exact form runs on it" in rep.entries[0].reason
+    assert new.graph.node[0].SerializeToString() == m.graph.node[0].SerializeToString()
+
+
 def test_a_native_space_to_depth_is_lowered_and_a_node_the_target_runs_is_left_alone():
     m = _model([helper.make_node("SpaceToDepth", ["x"], ["s"], name="s2d", blocksize=2),
                 helper.make_node("DepthToSpace", ["s"], ["y"], name="d2s", blocksize=2)], [1, 3, 8, 8], [1, 3, 8, 8])

@@ -8,7 +8,7 @@ import time
 import onnx
 
 from pixelfold.errors import FoldError
-from pixelfold.onnx import graph, qdq, verify
+from pixelfold.onnx import graph, verify
 from pixelfold.onnx.patterns import PATTERNS, Pattern, load_builtin
 from pixelfold.rewrite import LayerChange, RewriteReport
 
@@ -31,21 +31,19 @@ def _try(cur: onnx.ModelProto, idx: int, pattern: Pattern, entry: LayerChange) -
     try:
         splice = pattern.splice(cand, idx, graph.static_shapes(cur))
         splice.apply(cand)
-        graph.prune_initializers(cand)
-        onnx.shape_inference.infer_shapes(cand, check_type=True, strict_mode=True)
-        err, tol, note, _ = verify.compare(cur, cand, anchors=[cur.graph.node[idx].name])
+        check = verify.check_candidate(cur, cand, [cur.graph.node[idx].name])
     except FoldError as e:
         entry.status, entry.reason = "skipped", str(e)
         return cur
     except Exception as e:  # fail closed: anything the checker/runtime says reverts the rewrite
-        entry.status, entry.reason = "failed", f"{pattern.name}: {type(e).__name__}: {e}"[:300]
+        entry.status, entry.reason = "failed", verify.failure(pattern.name, e)
         return cur
-    entry.max_error, entry.tolerance, entry.transform, entry.note = err, tol, pattern.name, note
+    entry.max_error, entry.tolerance, entry.transform, entry.note = check.error, check.tolerance, pattern.name, check.note
     entry.after = " → ".join(n.op_type for n in splice.nodes)
-    if err <= tol:
+    if check.ok:
         entry.status, entry.reason = "changed", ""
         return cand
-    entry.status, entry.reason = "failed", f"{pattern.name}: max |Δ| {err:.3g} > tolerance {tol:.3g}; reverted"
+    entry.status, entry.reason = "failed", check.reason(pattern.name)
     return cur
 
 
@@ -99,9 +97,8 @@ def rewrite_onnx(model: onnx.ModelProto, transforms: tuple[str, ...] = TRANSFORM
         if failed and entry.status != "changed":  # a failed attempt stays failed: a later pattern's skip must not hide it
             entry.status, entry.reason = "failed", "; ".join(failed)
     if report.changed:
-        err, tol, note, scale = verify.compare(model, cur, seed=1, anchors=[e.path for e in report.changed])
-        report.end_to_end_error, report.end_to_end_tolerance, report.end_to_end_scale = err, tol, scale
-        report.end_to_end_checked_on = "onnxruntime CPU" + (f"; {note}" if qdq.is_qdq(model) else "")
+        check, report.end_to_end_checked_on = verify.end_to_end(model, cur, [e.path for e in report.changed])
+        report.end_to_end_error, report.end_to_end_tolerance, report.end_to_end_scale = check.error, check.tolerance, check.scale
     report.elapsed_s = time.perf_counter() - t0
     return cur, report
 

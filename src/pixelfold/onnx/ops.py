@@ -5,9 +5,10 @@ counterpart of :func:`pixelfold.units.original_ops` for PyTorch modules. ``Conv`
 :class:`~pixelfold.spec.ConvSpec` built from their attributes (``pads``/``auto_pad``, ``group``,
 ``dilations``, ``output_padding``); ``SpaceToDepth`` is order ``dcr`` (ONNX has only that), ``DepthToSpace``
 ``dcr`` or ``crd`` by its ``mode``; ``Transpose``/``Reshape`` carry their rank. The Reshape/Transpose nodes
-pixelfold's own rank-4 lowering writes (:mod:`pixelfold.onnx.lower`) say in their ``doc_string`` which
+pixelfold writes for a rearrangement (the rank-4 lowering, :mod:`pixelfold.onnx.lower`; the rank-6 ``crd``
+space-to-depth of a grouped ``fold``, :mod:`pixelfold.onnx.fold`) say in their ``doc_string`` which
 rearrangement they implement, so they map to the same lowered ops :func:`pixelfold.forms.lowered` gives the
-PyTorch side (``block``, ``order``, ``channels``, ``rank`` 4, ``note="lowered ..."``). Nodes no target
+PyTorch side (``block``, ``order``, ``channels``, ``rank`` 4 or 6, ``note="lowered ..."``). Nodes no target
 constrains (Relu, Add, ...) map to ``[]``.
 
 >>> from onnx import helper
@@ -38,13 +39,19 @@ __all__ = ["onnx_ops", "conv_spec", "annotation", "node_macs", "PLAIN"]
 #: ONNX op type -> Op kind for the ops that carry no more than their kind
 PLAIN = {"Pad": "pad", "Slice": "slice", "Concat": "concat", "MatMul": "matmul", "Gemm": "matmul"}
 _TAG = "pixelfold lower4:"
-_ANNOT = re.compile(r"pixelfold lower4: (\w+) block=(\d+) order=(\w+) channels=(\d+)(?: grid=([\d,]+))?")
+_ANNOT = re.compile(r"pixelfold lower4: (\w+) block=(\d+) order=(\w+) channels=(\d+)(?: grid=([\d,]+))?(?: rank=(\d+))?")
 
 
-def annotation(kind: str, block: int, order: str, channels: int, grid: Sequence[int] | None) -> str:
-    """The ``doc_string`` :mod:`pixelfold.onnx.lower` writes on each node of a lowered rearrangement."""
+def annotation(kind: str, block: int, order: str, channels: int, grid: Sequence[int] | None, rank: int = 4) -> str:
+    """The ``doc_string`` pixelfold writes on each Reshape/Transpose of a rearrangement it emits (``rank``: of
+    its tensors; 4 for :mod:`pixelfold.onnx.lower`, 6 for a grouped fold's ``crd`` space-to-depth).
+
+    >>> annotation("space_to_depth", 2, "crd", 8, (1, 5, 4), rank=6)
+    'pixelfold lower4: space_to_depth block=2 order=crd channels=8 grid=1,5,4 rank=6'
+    """
     g = f" grid={','.join(map(str, grid))}" if grid else ""
-    return f"{_TAG} {kind} block={block} order={order} channels={channels}{g}"
+    r = f" rank={rank}" if rank != 4 else ""
+    return f"{_TAG} {kind} block={block} order={order} channels={channels}{g}{r}"
 
 
 def _weight_shape(model: onnx.ModelProto | None, node: onnx.NodeProto, shapes: dict) -> list[int] | None:
@@ -113,9 +120,9 @@ def _rearrangement(node: onnx.NodeProto, shapes: dict) -> Op:
 
 
 def _lowered(node: onnx.NodeProto, m: re.Match) -> Op:
-    kind, block, order, channels, grid = m.groups()
+    kind, block, order, channels, grid, rank = m.groups()
     b = int(block)
-    return Op(node.op_type.lower(), block=(b, b), order=order, channels=int(channels), rank=4,
+    return Op(node.op_type.lower(), block=(b, b), order=order, channels=int(channels), rank=int(rank or 4),
               grid=tuple(int(v) for v in grid.split(",")) if grid else None, note=f"lowered {kind}")
 
 

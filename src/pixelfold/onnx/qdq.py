@@ -12,7 +12,10 @@ A QDQ Conv reads ``DequantizeLinear(x_q)`` and ``DequantizeLinear(w_q, s_w, z_w,
   taps) with ``z_w`` added back, so the new taps hold the weight's zero point (per output channel); scales,
   zero points, axis and the int32 bias are reused (fold keeps the output channels);
 - DQ is elementwise and ``DQ(z_x) = 0`` exactly, so the graph computes the same reals; the integer
-  accumulation of QLinearConv sees the same non-zero products, so its int32 sums and outputs are identical.
+  accumulation of QLinearConv sees the same non-zero products, so its int32 sums and outputs are identical;
+- grouped and depthwise convs: the SpaceToDepth is the ``crd`` Reshape → Transpose → Reshape of
+  :mod:`pixelfold.onnx.fold` (each group's channels kept together) and the weight is permuted in ``crd`` order,
+  the group count kept; it is data movement too, so it sits where SpaceToDepth sits in both layouts below.
 
 Verification: :mod:`pixelfold.onnx.qdq_verify` (exact integer accumulators; onnxruntime on and off in LSBs).
 """
@@ -25,7 +28,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from pixelfold.errors import FoldError
-from pixelfold.onnx.fold import fold_plan, folded_conv_node, space_nodes
+from pixelfold.onnx.fold import fold_order, fold_plan, folded_conv_node, space_nodes
 from pixelfold.onnx.graph import attrs, const, fresh
 from pixelfold.onnx.patterns import Splice
 from pixelfold.transforms import to_depth_weight
@@ -79,6 +82,9 @@ def fold_weight_q(w_q: np.ndarray, zp: np.ndarray | None, axis: int, spec, block
     (dtype('int8'), (2, 4, 2, 2), (2, 2))
     >>> int((wq[0] == 5).sum() - (w[0] == 5).sum()), int((wq[1] == -3).sum())  # the 7 new taps hold z
     (7, 7)
+    >>> wq, new = fold_weight_q(w, z, 0, ConvSpec.make(2, 2, 3, stride=2, groups=2), 2)  # depthwise: crd order
+    >>> wq.shape, new.groups, new.in_channels
+    ((2, 4, 2, 2), 2, 8)
     """
     z = np.zeros(w_q.shape[0], np.int64) if zp is None else np.asarray(zp, np.int64)
     if z.ndim == 0 or z.size == 1:
@@ -87,7 +93,7 @@ def fold_weight_q(w_q: np.ndarray, zp: np.ndarray | None, axis: int, spec, block
         raise FoldError(f"the weight zero point has shape {list(z.shape)} on axis {axis}; fold keeps "
                         f"per-output-channel (axis 0, {w_q.shape[0]} values) or per-tensor quantization only")
     centred = torch.from_numpy(w_q.astype(np.int64) - z.reshape(-1, 1, 1, 1)).double()
-    tw, new = to_depth_weight(centred, spec, block, order="dcr")
+    tw, new = to_depth_weight(centred, spec, block, order=fold_order(spec))
     out = tw.numpy() + z.reshape(-1, 1, 1, 1)
     info = np.iinfo(w_q.dtype)
     if not np.array_equal(out, np.round(out)) or out.min() < info.min or out.max() > info.max:

@@ -161,17 +161,15 @@ def _cost(c: Candidate, i: int) -> tuple[float, int, int, int]:
     return (c.macs if math.isfinite(c.macs) else math.inf, len(c.nodes), len(c.chain), i)
 
 
-def _verify(before: onnx.ModelProto, cand: Candidate) -> tuple[bool, float, float, str]:
-    """``(ok, max |Δ|, tolerance, why not)`` of ``cand`` against ``before`` (checker + onnxruntime)."""
+def _verify(before: onnx.ModelProto, cand: Candidate, anchor: str) -> tuple[verify.Check | None, str]:
+    """``(check, why not)`` of ``cand`` against ``before``: :func:`pixelfold.onnx.verify.check_candidate`, the
+    step :func:`pixelfold.onnx.api.rewrite_onnx` takes (int8 QDQ graphs: its LSB gates); ``check`` is None when
+    it raised."""
     try:
-        onnx.shape_inference.infer_shapes(cand.model, check_type=True, strict_mode=True)
-        err, scale = verify.max_error(before, cand.model)
+        check = verify.check_candidate(before, cand.model, [anchor])
     except Exception as e:  # noqa: BLE001 - fail closed
-        return False, math.nan, math.nan, f"{cand.label}: {type(e).__name__}: {e}"[:300]
-    tol = verify.tolerance(scale)
-    if err <= tol:
-        return True, err, tol, ""
-    return False, err, tol, f"{cand.label}: max |Δ| {err:.3g} > tolerance {tol:.3g}; reverted"
+        return None, verify.failure(cand.label, e)
+    return check, check.reason(cand.label)
 
 
 def _describe(node: onnx.NodeProto, ops: Sequence[Any]) -> str:
@@ -192,16 +190,16 @@ def _decide(cur: onnx.ModelProto, idx: int, target: Any, entry: LayerChange, bad
     node_before, total_before = node_macs(cur, cur.graph.node[idx], shapes), total_macs(cur, shapes)
     failures = []
     for c in sorted(accepted, key=lambda c: _cost(c, accepted.index(c))):
-        ok, err, tol, why = _verify(cur, c)
-        if not ok:
+        check, why = _verify(cur, c, cur.graph.node[idx].name)
+        if check is None or not check.ok:
             failures.append(why)
             continue
-        entry.status, entry.transform, entry.max_error, entry.tolerance = "changed", c.label, err, tol
+        entry.status, entry.transform, entry.max_error, entry.tolerance = "changed", c.label, check.error, check.tolerance
         by_name = {n.name: n.op_type for n in c.model.graph.node}
         entry.after = " → ".join(by_name[n] for n in c.nodes)
         if node_before > 0 and math.isfinite(c.macs - total_before):
             entry.mac_ratio = (node_before + c.macs - total_before) / node_before
-        entry.note = f"{target.name} rejects {said}; {c.label} runs on it"
+        entry.note = f"{target.name} rejects {said}; {c.label} runs on it" + (f"; {check.note}" if check.note else "")
         entry.checked_on = "onnxruntime CPU, random inputs"
         return c.model
     entry.status, entry.transform = "failed", accepted[0].label
@@ -257,9 +255,8 @@ def rewrite_onnx_for_target(model: onnx.ModelProto, target: Any) -> tuple[onnx.M
         if bad:
             cur = _decide(cur, idx, tgt, entry, bad)
     if report.changed:
-        report.end_to_end_error, scale = verify.max_error(model, cur, seed=1)
-        report.end_to_end_tolerance, report.end_to_end_scale = verify.tolerance(scale), scale
-        report.end_to_end_checked_on = "onnxruntime CPU"
+        check, report.end_to_end_checked_on = verify.end_to_end(model, cur, [e.path for e in report.changed])
+        report.end_to_end_error, report.end_to_end_tolerance, report.end_to_end_scale = check.error, check.tolerance, check.scale
     report.elapsed_s = time.perf_counter() - t0
     return cur, report
 

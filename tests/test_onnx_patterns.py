@@ -484,3 +484,23 @@ def test_a_failed_attempt_is_not_hidden_by_a_later_skip(monkeypatch):
     _, rep = rewrite_onnx(_s2d_model("CRD"), ("onehot_s2d", "merge"))
     e = rep.entries[0]
     assert e.status == "failed" and e.reason.startswith("onehot_s2d: max |Δ|")
+
+
+def test_opset28_crd_space_to_depth_is_read_as_crd_by_lower4_and_the_targets():
+    """Regression: lower4 lowered, and onnx_ops judged, SpaceToDepth(mode="CRD") as DCR (verification caught
+    the lowering: error 4.77, reverted; the target judgement was silently wrong)."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from pixelfold.onnx.api import rewrite_onnx
+    from pixelfold.onnx.ops import onnx_ops
+
+    node = helper.make_node("SpaceToDepth", ["x"], ["y"], name="s2d", blocksize=2, mode="CRD")
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 6])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 12, 2, 3])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 28)])
+    assert onnx_ops(m, node, {"x": [1, 3, 4, 6]})[0].attrs()["order"] == "crd"
+    new, rep = rewrite_onnx(m, ("lower4",))
+    assert rep.entries[0].status == "changed" and rep.entries[0].max_error == 0.0, rep.entries[0]
+    assert "crd" in next(n for n in new.graph.node if n.op_type == "Reshape").doc_string
+    assert np.isfinite(rep.end_to_end_error)

@@ -212,7 +212,7 @@ def test_solver_checks_qdq_candidates_with_the_lsb_gates(activation):
     new, rep = rewrite_onnx_for_target(q, "rk3588")
     (e,) = rep.entries
     assert (e.status, e.transform, e.max_error, e.tolerance) == ("changed", "fold+lower4", 0.0, 0.0), e
-    assert "runs on it; int8 QDQ: integer accumulators max |Δ| 0 (1 conv)" in e.note
+    assert "runs on it; int8 QDQ: integer accumulators max |Δ| 0 (1 checked)" in e.note
     assert rep.end_to_end_tolerance == 0.0 and rep.end_to_end_error == 0.0
     assert rep.end_to_end_checked_on.startswith("onnxruntime CPU; int8 QDQ: integer accumulators")
     e2 = qv.measure(q, new, ["conv"], seed=5)

@@ -57,7 +57,7 @@ def lower_nodes(model: onnx.ModelProto, node: onnx.NodeProto, shapes: dict) -> l
     a = attrs(node)
     b = int(a["blocksize"])
     if node.op_type == "SpaceToDepth":
-        order, (N, C, Hb, Wb) = "dcr", x
+        order, (N, C, Hb, Wb) = text(a.get("mode"), "DCR").lower(), x  # opset 28 added mode="CRD"
         if Hb % b or Wb % b:
             raise FoldError(f"{what}: H×W {Hb}×{Wb} is not divisible by the block {b}")
         H, W = Hb // b, Wb // b

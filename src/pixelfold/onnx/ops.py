@@ -3,8 +3,8 @@
 The targets (:mod:`pixelfold.targets`) judge operators, not nodes; this is the bridge for ONNX graphs, the
 counterpart of :func:`pixelfold.units.original_ops` for PyTorch modules. ``Conv``/``ConvTranspose`` carry a
 :class:`~pixelfold.spec.ConvSpec` built from their attributes (``pads``/``auto_pad``, ``group``,
-``dilations``, ``output_padding``); ``SpaceToDepth`` is order ``dcr`` (ONNX has only that), ``DepthToSpace``
-``dcr`` or ``crd`` by its ``mode``; ``Transpose``/``Reshape`` carry their rank. The Reshape/Transpose nodes
+``dilations``, ``output_padding``); ``SpaceToDepth`` and ``DepthToSpace`` are
+``dcr`` or ``crd`` by their ``mode`` (SpaceToDepth has one since opset 28); ``Transpose``/``Reshape`` carry their rank. The Reshape/Transpose nodes
 pixelfold writes for a rearrangement (the rank-4 lowering, :mod:`pixelfold.onnx.lower`; the rank-6 ``crd``
 space-to-depth of a grouped ``fold``, :mod:`pixelfold.onnx.fold`) say in their ``doc_string`` which
 rearrangement they implement, so they map to the same lowered ops :func:`pixelfold.forms.lowered` gives the
@@ -112,7 +112,8 @@ def _rearrangement(node: onnx.NodeProto, shapes: dict) -> Op:
     if node.op_type == "SpaceToDepth":
         channels = x[1] if x is not None else None
         grid = (x[0], x[2] // b, x[3] // b) if x is not None and len(x) == 4 else None
-        return Op("space_to_depth", block=(b, b), order="dcr", channels=channels, grid=grid)
+        return Op("space_to_depth", block=(b, b), order=text(a.get("mode"), "DCR").lower(), channels=channels,
+                  grid=grid)  # opset 28 added mode="CRD"
     order = text(a.get("mode"), "DCR").lower()
     channels = x[1] // (b * b) if x is not None else None
     grid = (x[0], x[2], x[3]) if x is not None and len(x) == 4 else None

@@ -38,13 +38,13 @@ def _qlc(model) -> int:
     return collections.Counter(n.op_type for n in qv.fused_ops(model))["QLinearConv"]
 
 
-def _check(q, pattern):
+def _check(q, pattern, anchor="n", fused_after=True):
     before = q.SerializeToString()
     new, rep = rewrite_onnx(q, (pattern,))
     assert q.SerializeToString() == before  # the user's model is not mutated
     e = rep.entries[0]
     assert e.status == "changed", (e.status, e.reason)
-    m = qv.measure(q, new, ["n"], seed=5, batches=3)
+    m = qv.measure(q, new, [anchor], seed=5, batches=3)
     assert m["checked"] == 1 and m["integer"] == 0.0, m  # the region's integer accumulators are identical
     if m["fused"]:  # ORT fuses the original into QLinearConv: the rewrite is bit-identical
         assert m["on"] == 0.0, m
@@ -57,7 +57,8 @@ def _check(q, pattern):
             bq = new.graph.node[producer(new, conv.input[2])]
             assert bq.op_type == "DequantizeLinear" and inits[bq.input[0]].dtype == np.int32
     assert not any(v.dtype.kind == "f" and v.ndim == 4 for v in inits.values())
-    assert _qlc(new) >= 1  # the new Conv is fused into QLinearConv (integer arithmetic)
+    if fused_after:
+        assert _qlc(new) >= 1  # the new Conv is fused into QLinearConv (integer arithmetic)
     return new, m
 
 
@@ -156,4 +157,72 @@ def test_qdq_lift_refuses_a_channel_mixing_per_channel_scales():
 
 
 def test_lifted_patterns_are_registered():
-    assert {n for n, p in PATTERNS.items() if p.lift_qdq} >= {"subpixel", "subpixel_crd", "polyphase2", "polyphase4"}
+    assert {n for n, p in PATTERNS.items() if p.lift_qdq} >= {"subpixel", "subpixel_crd", "polyphase2", "polyphase4",
+                                                              "transposed", "merge"}
+
+
+def _pair_model(kind, mode="DCR", relu=False, tied=True, o=2, r=2):
+    """Conv → DepthToSpace (``transposed``) or SpaceToDepth → Conv (``merge``), float, for quantize_static."""
+    rng = np.random.default_rng(3)
+    if kind == "transposed":
+        b = rng.standard_normal(o).astype(np.float32)
+        b = (np.repeat(b, r * r) if mode == "CRD" else np.tile(b, r * r)) if tied else \
+            rng.standard_normal(o * r * r).astype(np.float32)
+        nodes = [helper.make_node("Conv", ["x", "w", "b"], ["t"], name="c", pads=[1, 1, 1, 1]),
+                 helper.make_node("DepthToSpace", ["t"], ["u" if relu else "y"], name="n", blocksize=r, mode=mode)]
+        w, cin = (o * r * r, 3, 3, 3), 3
+    else:
+        nodes = [helper.make_node("SpaceToDepth", ["x"], ["t"], name="n", blocksize=r),
+                 helper.make_node("Conv", ["t", "w", "b"], ["u" if relu else "y"], name="c", pads=[1, 1, 1, 1])]
+        w, cin, b = (4, 3 * r * r, 3, 3), 3, rng.standard_normal(4).astype(np.float32)
+    if relu:
+        nodes.append(helper.make_node("Relu", ["u"], ["y"], name="relu"))
+    inits = [numpy_helper.from_array(rng.standard_normal(w).astype(np.float32), "w"), numpy_helper.from_array(b, "b")]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, cin, 4 * r, 5 * r])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("activation", ["int8", "uint8"])
+@pytest.mark.parametrize("mode, relu, r", [("DCR", False, 2), ("CRD", False, 2), ("CRD", True, 3)])
+def test_qdq_transposed_moves_the_pair_and_keeps_integers(mode, relu, r, activation):
+    """Conv → Q → DQ → DepthToSpace (as quantize_static writes it): the pair commutes with the DepthToSpace, the
+    pattern sees Conv → DepthToSpace, the ConvTranspose keeps integer weights; per-tensor weights only."""
+    q = qv.quantize(_pair_model("transposed", mode, relu, r=r), False, activation)
+    new, m = _check(q, "transposed", fused_after=False)  # ORT 1.32 runs a QDQ ConvTranspose in float
+    assert [n.op_type for n in new.graph.node].count("DepthToSpace") == 0
+    assert m["fused"] == 0.0  # the original conv is fused but the ConvTranspose is not: ORT-on is not gated
+
+
+def test_qdq_transposed_per_channel_is_refused_with_the_reason():
+    """Per-channel weights give each phase its own int32 bias and scale: one ConvTranspose bias cannot hold them."""
+    _, rep = rewrite_onnx(qv.quantize(_pair_model("transposed", "DCR"), True, "uint8"), ("transposed",))
+    assert rep.entries[0].status == "skipped"
+    assert "bias differs between the phases of one output channel" in rep.entries[0].reason
+
+
+@pytest.mark.parametrize("activation, per_channel", [("int8", True), ("uint8", False), ("uint8", True)])
+@pytest.mark.parametrize("r, relu", [(2, False), (2, True), (3, False)])
+def test_qdq_merge_is_bit_identical(r, relu, activation, per_channel):
+    """SpaceToDepth → Q → DQ → Conv becomes one strided Conv on Q → DQ of the input: fused by ORT on both sides."""
+    q = qv.quantize(_pair_model("merge", relu=relu, r=r), per_channel, activation)
+    new, m = _check(q, "merge")
+    assert "SpaceToDepth" not in [n.op_type for n in new.graph.node]
+    assert m["fused"] == 1.0 and m["on"] == 0.0
+
+
+def test_qdq_merge_wrong_tap_is_caught_by_the_integer_check(monkeypatch):
+    q = qv.quantize(_pair_model("merge"), True, "uint8")
+    right = qdq_lift._dq_node
+
+    def one_off(model, q_, *args):
+        if q_.ndim == 4:
+            q_ = q_.copy()
+            q_.reshape(-1)[5] += 1 if q_.reshape(-1)[5] < 100 else -1
+        return right(model, q_, *args)
+
+    monkeypatch.setattr(qdq_lift, "_dq_node", one_off)
+    new, rep = rewrite_onnx(q, ("merge",))
+    e = rep.entries[0]
+    assert e.status == "failed" and e.max_error >= 1 and "(1 checked)" in e.note, (e.status, e.reason, e.note)
+    assert [n.op_type for n in new.graph.node] == [n.op_type for n in q.graph.node]

@@ -88,4 +88,5 @@ def _applies(node: onnx.NodeProto) -> bool:
 
 
 register(Pattern("merge", ("SpaceToDepth", "Transpose"), _build,
-                 "SpaceToDepth(b) or Reshape-Transpose-Reshape space-to-depth -> Conv => one Conv(stride s*b)", _applies))
+                 "SpaceToDepth(b) or Reshape-Transpose-Reshape space-to-depth -> Conv => one Conv(stride s*b)", _applies,
+                 lift_qdq=True))

@@ -35,9 +35,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from pixelfold.errors import FoldError
-from pixelfold.onnx.graph import attrs, const, fresh
+from pixelfold.onnx.graph import attrs, const, fresh, static_shapes
 from pixelfold.onnx.nodes import consumers, producer
 from pixelfold.onnx.patterns import Pattern, Splice
+from pixelfold.onnx.qdq_commute import commute, weighted_of
 
 #: nodes whose input 1 is a weight (and input 2 a bias), with the weight axis that indexes output channels
 WEIGHTED = {"Conv": 0, "ConvTranspose": 1}
@@ -172,6 +173,21 @@ def _lift_bias(model: onnx.ModelProto, node: onnx.NodeProto, old: QTensor, codes
     return dq
 
 
+def _bias_from_values(model: onnx.ModelProto, node: onnx.NodeProto, old: QTensor, values: np.ndarray) -> onnx.NodeProto:
+    """The DequantizeLinear of a new int32 bias the builder chose by value (each entry one of the old ones)."""
+    v = np.asarray(values, np.float64)
+    if not np.array_equal(v, np.round(v)) or not np.isin(v, old.q.astype(np.float64)).all():
+        raise FoldError("the pattern's new bias is not made of the old int32 entries; not rewritten")
+    if old.axis is not None and np.unique(old.scale).size > 1:
+        raise FoldError("the pattern chose its bias by value but the bias has one scale per channel; not rewritten")
+    scale = old.scale.reshape(-1)[:1].reshape(()) if old.axis is not None else old.scale
+    zp = np.zeros(scale.shape, old.zp.dtype)
+    out = fresh(model, node.input[2] + "_dq")
+    dq, _ = _dq_node(model, v.astype(old.q.dtype), scale, zp, None, node.input[2], out)
+    node.input[2] = out
+    return dq
+
+
 def _activation(model: onnx.ModelProto, name: str) -> tuple[str, str] | None:
     """``(scale, zero point)`` initializer names of a per-tensor DequantizeLinear producing ``name``, else None."""
     i = producer(model, name)
@@ -200,11 +216,11 @@ def _pair(model: onnx.ModelProto, x: str, params: tuple[str, str], base: str) ->
             helper.make_node("DequantizeLinear", [q, *params], [y], name=fresh(model, base + "_DQ"))], y
 
 
-def _requantize(model: onnx.ModelProto, nodes: list[onnx.NodeProto], anchor: onnx.NodeProto) -> list[onnx.NodeProto]:
+def _requantize(model: onnx.ModelProto, nodes: list[onnx.NodeProto], x: str, final: str) -> list[onnx.NodeProto]:
     """``nodes`` with a Q→DQ pair before and after each weighted node that data movement separates from the
-    anchor's DequantizeLinear / QuantizeLinear."""
-    x_q = _activation(model, anchor.input[0])
-    y_q = _output_quant(model, anchor.output[0])
+    DequantizeLinear producing ``x`` / the QuantizeLinear reading ``final``."""
+    x_q = _activation(model, x)
+    y_q = _output_quant(model, final)
     made = {o for n in nodes for o in n.output}
     out: list[onnx.NodeProto] = []
     for n in nodes:
@@ -213,7 +229,7 @@ def _requantize(model: onnx.ModelProto, nodes: list[onnx.NodeProto], anchor: onn
             out.extend(pair)
             n.input[0] = y
         out.append(n)
-        if n.op_type in WEIGHTED and n.output[0] != anchor.output[0] and y_q is not None:
+        if n.op_type in WEIGHTED and n.output[0] != final and y_q is not None:
             pair, y = _pair(model, n.output[0], y_q, n.output[0])
             for later in nodes:
                 for j, v in enumerate(later.input):
@@ -223,27 +239,55 @@ def _requantize(model: onnx.ModelProto, nodes: list[onnx.NodeProto], anchor: onn
     return out
 
 
+def _index_of(model: onnx.ModelProto, output: str) -> int:
+    return next(i for i, n in enumerate(model.graph.node) if output in n.output)
+
+
 def lift(pattern: Pattern, model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
     """``pattern`` at node ``idx`` of the QDQ graph ``model`` (a copy: initializers are added to it), integer weights
     kept; :class:`FoldError` when the pattern's weight map is not a gather or the quantization cannot follow it."""
     anchor = model.graph.node[idx]
-    w = qtensor(model, anchor.input[1])
-    b = qtensor(model, anchor.input[2]) if len(anchor.input) > 2 and anchor.input[2] else None
-    if len(anchor.input) > 2 and anchor.input[2] and b is None:
-        raise FoldError(f"the bias {anchor.input[2]!r} of a QDQ {anchor.op_type} is not a DequantizeLinear of an "
+    if anchor.op_type in WEIGHTED:
+        key = wkey = anchor.output[0]
+    else:  # transposed / merge: move the Q→DQ pair across the rearrangement first (exact)
+        names = commute(model, anchor)
+        if names is None:
+            raise FoldError(f"{pattern.name}: no Conv → Q → DQ → DepthToSpace / SpaceToDepth → Q → DQ → Conv "
+                            "(per tensor, single readers) at this node; not rewritten")
+        key, wkey = names
+        idx, shapes = _index_of(model, key), static_shapes(model)
+    conv = model.graph.node[_index_of(model, wkey)]
+    final = model.graph.node[idx].output[0] if model.graph.node[idx].input[0] == wkey else wkey
+    x_in = conv.input[0]
+    w = qtensor(model, conv.input[1])
+    b = qtensor(model, conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+    if len(conv.input) > 2 and conv.input[2] and b is None:
+        raise FoldError(f"the bias {conv.input[2]!r} of a QDQ {conv.op_type} is not a DequantizeLinear of an "
                         "int32 initializer; not rewritten")
     if w.q.size >= EXACT or (b is not None and (b.q.size >= EXACT or np.abs(b.q).max(initial=0) >= EXACT)):
         raise FoldError(f"the weight ({w.q.size:,} taps) or the bias is beyond float32's exact integers (2^24): "
                         "the builder could not carry it exactly; not rewritten")
     probe = copy.deepcopy(model)
     slots = [(1, w)] + ([(2, b)] if b is not None else [])
+    bias_codes = True
     for m, fill in ((probe, "codes"), (model, "values")):
-        node = m.graph.node[idx]
+        node = m.graph.node[_index_of(m, wkey)]
         for slot, t in slots:
             data = (np.arange(1, t.q.size + 1, dtype=np.float64).reshape(t.q.shape) if fill == "codes"
                     else (t.centred() if slot == 1 else t.q.astype(np.float64)))
             _substitute(m, node, slot, data, "_lifted")
-    coded = pattern.build(probe, idx, shapes)
+    spare = copy.deepcopy(probe) if b is not None else None
+    try:
+        coded = pattern.build(probe, idx, shapes)
+    except FoldError:
+        if b is None:
+            raise
+        # the builder checks the bias's values (transposed: one bias per channel, equal across its phases), which
+        # distinct codes fail: retry with the bias's values; its scale must then be per tensor (no map needed)
+        probe, bias_codes = spare, False
+        node = probe.graph.node[_index_of(probe, wkey)]
+        _substitute(probe, node, 2, b.q.astype(np.float64), "_values")
+        coded = pattern.build(probe, idx, shapes)
     splice = pattern.build(model, idx, shapes)
     weighted = [(n, c) for n, c in zip(splice.nodes, coded.nodes) if n.op_type in WEIGHTED]
     if not weighted or [n.op_type for n in splice.nodes] != [n.op_type for n in coded.nodes]:
@@ -257,6 +301,11 @@ def lift(pattern: Pattern, model: onnx.ModelProto, idx: int, shapes: dict) -> Sp
         if len(n.input) > 2 and n.input[2]:
             if b is None:
                 raise FoldError(f"{pattern.name}: the new {n.op_type} has a bias the original had not; not rewritten")
+            if not bias_codes:
+                dqs.append(_bias_from_values(model, n, b, const(model, n.input[2])))
+                dq, _ = _lift_weight(model, n, w, wc, wv)
+                dqs.insert(0, dq)
+                continue
             bc = const(probe, c.input[2])
             dqs.append(_lift_bias(model, n, b, bc, const(model, n.input[2])))
             if n.op_type == "Conv" and w.axis is not None:  # bias entry j is output channel j
@@ -267,7 +316,7 @@ def lift(pattern: Pattern, model: onnx.ModelProto, idx: int, shapes: dict) -> Sp
             raise FoldError(f"{pattern.name}: new channel {j} takes its taps from old channel {mapping[j]} but its "
                             f"bias from {fallback[j]}; the bias scale would not be s_x·s_w; not rewritten")
         dqs.insert(0, dq)
-    nodes = _requantize(model, list(splice.nodes), anchor)
+    nodes = _requantize(model, list(splice.nodes), x_in, final)
     first = next(i for i, n in enumerate(nodes) if n.op_type in WEIGHTED)
     drop = [t.dq.output[0] for _, t in slots]
     return Splice(remove=splice.remove, nodes=nodes[:first] + dqs + nodes[first:], at=splice.at,
@@ -275,6 +324,8 @@ def lift(pattern: Pattern, model: onnx.ModelProto, idx: int, shapes: dict) -> Sp
 
 
 def liftable(model: onnx.ModelProto, idx: int) -> bool:
-    """Whether node ``idx`` is a Conv/ConvTranspose whose weight is a DequantizeLinear of an integer initializer."""
+    """Whether node ``idx`` is (or a Q→DQ pair separates it from) a Conv/ConvTranspose whose weight is a
+    DequantizeLinear of an integer initializer."""
     node = model.graph.node[idx]
-    return node.op_type in WEIGHTED and len(node.input) > 1 and qtensor(model, node.input[1]) is not None
+    conv = node if node.op_type in WEIGHTED else weighted_of(model, node)
+    return conv is not None and len(conv.input) > 1 and qtensor(model, conv.input[1]) is not None

@@ -30,21 +30,38 @@ from pixelfold.onnx.graph import const
 from pixelfold.onnx.nodes import consumers, producer
 
 
+def _zero(model: onnx.ModelProto, node: onnx.NodeProto) -> np.ndarray | None:
+    """The per-tensor zero point of a Q/DQ node (None if absent or per channel)."""
+    z = const(model, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    return z if z is not None and z.size == 1 else None
+
+
 def region_ends(model: onnx.ModelProto, anchor: onnx.NodeProto) -> tuple[str, str, np.ndarray, np.ndarray] | None:
-    """``(x_q, pre-Q tensor, z_x, int range)`` of a QDQ node whose input 0 is a DequantizeLinear of a tensor and
-    whose output is read by QuantizeLinear(s) only; None otherwise."""
-    i = producer(model, anchor.input[0])
-    if i is None or model.graph.node[i].op_type != "DequantizeLinear":
+    """``(start, end, z_x, int range)`` of the region a rewrite at ``anchor`` replaces, or None:
+
+    - a QDQ Conv/ConvTranspose: from its DequantizeLinear's input ``x_q`` to its output (read by QuantizeLinear);
+    - a DepthToSpace after ``Conv → Q → DQ`` (``transposed``): from the Conv's ``x_q`` to the DepthToSpace output;
+    - a SpaceToDepth before ``Q → DQ → Conv`` (``merge``): from the SpaceToDepth input (the values the Q reads) to
+      the Conv's output."""
+    from pixelfold.onnx.qdq_commute import weighted_of
+
+    conv = anchor if anchor.op_type in ("Conv", "ConvTranspose") else weighted_of(model, anchor)
+    if conv is None:
         return None
-    dq = model.graph.node[i]
-    if const(model, dq.input[0]) is not None or const(model, dq.input[1]) is None:
-        return None
-    zx = const(model, dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
-    readers = [model.graph.node[j] for j in consumers(model, anchor.output[0])]
-    if zx is None or zx.size != 1 or not readers or any(r.op_type != "QuantizeLinear" for r in readers):
+    end = anchor.output[0] if anchor.op_type == "DepthToSpace" else conv.output[0]
+    if anchor.op_type == "SpaceToDepth":
+        start, zx = anchor.input[0], _zero(model, model.graph.node[consumers(model, anchor.output[0])[0]])
+    else:
+        i = producer(model, conv.input[0])
+        dq = model.graph.node[i] if i is not None else None
+        if dq is None or dq.op_type != "DequantizeLinear" or const(model, dq.input[0]) is not None:
+            return None
+        start, zx = dq.input[0], _zero(model, dq)
+    readers = [model.graph.node[j] for j in consumers(model, conv.output[0])]
+    if zx is None or not readers or any(r.op_type != "QuantizeLinear" for r in readers):
         return None
     info = np.iinfo(zx.dtype)
-    return dq.input[0], anchor.output[0], zx, np.array([info.min, info.max])
+    return start, end, zx, np.array([info.min, info.max])
 
 
 def _centred(model: onnx.ModelProto, dq: onnx.NodeProto) -> np.ndarray:

@@ -107,4 +107,4 @@ def _build(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
 
 
 register(Pattern("transposed", ("DepthToSpace",), _build,
-                 "stride-1 Conv -> DepthToSpace (DCR or CRD) => one ConvTranspose(stride r)"))
+                 "stride-1 Conv -> DepthToSpace (DCR or CRD) => one ConvTranspose(stride r)", lift_qdq=True))

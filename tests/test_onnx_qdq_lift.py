@@ -158,7 +158,7 @@ def test_qdq_lift_refuses_a_channel_mixing_per_channel_scales():
 
 def test_lifted_patterns_are_registered():
     assert {n for n, p in PATTERNS.items() if p.lift_qdq} >= {"subpixel", "subpixel_crd", "polyphase2", "polyphase4",
-                                                              "transposed", "merge"}
+                                                              "transposed", "merge", "dcr_flip"}
 
 
 def _pair_model(kind, mode="DCR", relu=False, tied=True, o=2, r=2):
@@ -226,3 +226,15 @@ def test_qdq_merge_wrong_tap_is_caught_by_the_integer_check(monkeypatch):
     e = rep.entries[0]
     assert e.status == "failed" and e.max_error >= 1 and "(1 checked)" in e.note, (e.status, e.reason, e.note)
     assert [n.op_type for n in new.graph.node] == [n.op_type for n in q.graph.node]
+
+
+@pytest.mark.parametrize("activation, per_channel", [("int8", True), ("uint8", False), ("uint8", True)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_qdq_dcr_flip_is_bit_identical(relu, activation, per_channel):
+    """Conv → Q → DQ → DepthToSpace(CRD): the pair moves, the Conv's output channels (and their per-channel scales
+    and int32 biases) are permuted, DepthToSpace becomes DCR; ORT fuses the Conv on both sides."""
+    q = qv.quantize(_pair_model("transposed", "CRD", relu, tied=False), per_channel, activation)
+    new, m = _check(q, "dcr_flip")
+    d2s = [n for n in new.graph.node if n.op_type == "DepthToSpace"]
+    assert len(d2s) == 1 and helper.get_attribute_value(next(a for a in d2s[0].attribute if a.name == "mode")) == b"DCR"
+    assert m["fused"] == 1.0 and m["on"] == 0.0

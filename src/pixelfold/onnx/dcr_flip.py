@@ -71,4 +71,4 @@ def _crd(node: onnx.NodeProto) -> bool:
 
 
 register(Pattern("dcr_flip", ("DepthToSpace",), _build,
-                 "Conv -> DepthToSpace(CRD) => Conv(output channels permuted) -> DepthToSpace(DCR)", _crd))
+                 "Conv -> DepthToSpace(CRD) => Conv(output channels permuted) -> DepthToSpace(DCR)", _crd, lift_qdq=True))

@@ -70,6 +70,12 @@ CONV = [dict(pads=[1, 1, 1, 1], w=(8, 8, 3, 3)), dict(strides=[2, 2], pads=[1, 1
         dict(strides=[2, 2], auto_pad="SAME_LOWER", w=(8, 8, 5, 5)), dict(w=(6, 8, 3, 3), bias=False, dilations=[2, 2])]
 
 
+def _quantized(op, case, per_channel, activation):
+    c = dict(case)
+    w, bias = c.pop("w"), c.pop("bias", True)
+    return qv.quantize(_model(op, w, w[0] if op == "ConvTranspose" else w[1], bias, **c), per_channel, activation)
+
+
 def _ids(cases):
     return [",".join(f"{k}={v}" for k, v in c.items()) for c in cases]
 
@@ -79,9 +85,7 @@ def _ids(cases):
 @pytest.mark.parametrize("case", CONVT, ids=_ids(CONVT))
 def test_qdq_subpixel_keeps_integers(case, pattern, activation, per_channel):
     """ConvTranspose (which onnxruntime runs in float) → Conv + DepthToSpace, fused into QLinearConv."""
-    c = dict(case)
-    w, bias = c.pop("w"), c.pop("bias", True)
-    q = qv.quantize(_model("ConvTranspose", w, w[0], bias, **c), per_channel, activation)
+    q = _quantized("ConvTranspose", case, per_channel, activation)
     assert _qlc(q) == 0
     new, _ = _check(q, pattern)
     assert "DepthToSpace" in [n.op_type for n in new.graph.node]
@@ -91,9 +95,7 @@ def test_qdq_subpixel_keeps_integers(case, pattern, activation, per_channel):
 @pytest.mark.parametrize("pattern", ["polyphase2", "polyphase4"])
 @pytest.mark.parametrize("case", CONV, ids=_ids(CONV))
 def test_qdq_polyphase_is_bit_identical(case, pattern, activation, per_channel):
-    c = dict(case)
-    w, bias = c.pop("w"), c.pop("bias", True)
-    q = qv.quantize(_model("Conv", w, w[1], bias, **c), per_channel, activation)
+    q = _quantized("Conv", case, per_channel, activation)
     _, m = _check(q, pattern)
     assert m["fused"] == 1.0 and m["on"] == 0.0  # ORT fuses both: identical int8 outputs
 
@@ -108,18 +110,23 @@ def test_qdq_grouped_subpixel_crd_per_tensor():
     assert rep.entries[0].status == "skipped" and "use order='crd'" in rep.entries[0].reason
 
 
-def test_qdq_lift_wrong_tap_is_caught_by_the_integer_check(monkeypatch):
-    """One weight tap one step off: the region's accumulators differ (no tolerance) and the rewrite is reverted."""
-    q = qv.quantize(_model("ConvTranspose", (8, 4, 4, 4), 8, True, strides=[2, 2], pads=[1, 1, 1, 1]), True, "uint8")
+def _one_tap_off(monkeypatch, tap: int) -> None:
+    """Make the lift write one weight tap (flat index ``tap``) one integer step off."""
     right = qdq_lift._dq_node
 
     def one_off(model, q_, *args):
         if q_.ndim == 4:
             q_ = q_.copy()
-            q_.reshape(-1)[17] += 1 if q_.reshape(-1)[17] < 100 else -1
+            q_.reshape(-1)[tap] += 1 if q_.reshape(-1)[tap] < 100 else -1
         return right(model, q_, *args)
 
     monkeypatch.setattr(qdq_lift, "_dq_node", one_off)
+
+
+def test_qdq_lift_wrong_tap_is_caught_by_the_integer_check(monkeypatch):
+    """One weight tap one step off: the region's accumulators differ (no tolerance) and the rewrite is reverted."""
+    q = qv.quantize(_model("ConvTranspose", (8, 4, 4, 4), 8, True, strides=[2, 2], pads=[1, 1, 1, 1]), True, "uint8")
+    _one_tap_off(monkeypatch, 17)
     new, rep = rewrite_onnx(q, ("subpixel",))
     e = rep.entries[0]
     assert e.status == "failed" and e.max_error >= 1, (e.status, e.reason, e.note)
@@ -213,15 +220,7 @@ def test_qdq_merge_is_bit_identical(r, relu, activation, per_channel):
 
 def test_qdq_merge_wrong_tap_is_caught_by_the_integer_check(monkeypatch):
     q = qv.quantize(_pair_model("merge"), True, "uint8")
-    right = qdq_lift._dq_node
-
-    def one_off(model, q_, *args):
-        if q_.ndim == 4:
-            q_ = q_.copy()
-            q_.reshape(-1)[5] += 1 if q_.reshape(-1)[5] < 100 else -1
-        return right(model, q_, *args)
-
-    monkeypatch.setattr(qdq_lift, "_dq_node", one_off)
+    _one_tap_off(monkeypatch, 5)
     new, rep = rewrite_onnx(q, ("merge",))
     e = rep.entries[0]
     assert e.status == "failed" and e.max_error >= 1 and "(1 checked)" in e.note, (e.status, e.reason, e.note)

@@ -93,21 +93,17 @@ def commute(model: onnx.ModelProto, anchor: onnx.NodeProto) -> tuple[str, str] |
     (nodes are found again by them: the sort copies the node messages), or None (graph unchanged)."""
     if anchor.op_type == "DepthToSpace" and (chain := _after_chain(model, anchor)):
         conv, q, dq = chain
-        moved, q_out, out = (fresh(model, anchor.output[0] + "_moved"), fresh(model, q.output[0] + "_moved"),
-                             anchor.output[0])
-        anchor.input[0], anchor.output[0] = q.input[0], moved
-        q.input[0], q.output[0] = moved, q_out
-        dq.input[0], dq.output[0] = q_out, out
+        moved, q_out = fresh(model, anchor.output[0] + "_moved"), fresh(model, q.output[0] + "_moved")
+        wiring = [(anchor, q.input[0], moved), (q, moved, q_out), (dq, q_out, anchor.output[0])]
         names = (moved, conv.output[0])
     elif anchor.op_type == "SpaceToDepth" and (chain := _before_chain(model, anchor)):
         q, dq, conv = chain
-        q_out, dq_out, out = (fresh(model, q.output[0] + "_moved"), fresh(model, dq.output[0] + "_moved"),
-                              dq.output[0])
-        q.input[0], q.output[0] = anchor.input[0], q_out
-        dq.input[0], dq.output[0] = q_out, dq_out
-        anchor.input[0], anchor.output[0] = dq_out, out
-        names = (out, conv.output[0])
+        q_out, dq_out = fresh(model, q.output[0] + "_moved"), fresh(model, dq.output[0] + "_moved")
+        wiring = [(q, anchor.input[0], q_out), (dq, q_out, dq_out), (anchor, dq_out, dq.output[0])]
+        names = (dq.output[0], conv.output[0])
     else:
         return None
+    for node, new_in, new_out in wiring:  # (node, its new input 0, its new output), computed before any change
+        node.input[0], node.output[0] = new_in, new_out
     toposort(model)
     return names

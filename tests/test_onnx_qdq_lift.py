@@ -237,3 +237,11 @@ def test_qdq_dcr_flip_is_bit_identical(relu, activation, per_channel):
     d2s = [n for n in new.graph.node if n.op_type == "DepthToSpace"]
     assert len(d2s) == 1 and helper.get_attribute_value(next(a for a in d2s[0].attribute if a.name == "mode")) == b"DCR"
     assert m["fused"] == 1.0 and m["on"] == 0.0
+
+
+def test_sweep_lift_row_on_a_zoo_model():
+    """The sweep's row for DCGAN (4 ConvTransposes, ORT runs them in float): 4 rewritten, accumulators exact."""
+    from pixelfold.onnx.sweep_lift import sweep_one
+
+    row = sweep_one("dcgan_generator", "subpixel", True, "uint8").split(" | ")
+    assert row[3] == "4 changed, 0 skipped, 0 failed" and row[4] == "0.0 (4)" and row[7] == "0 → 4", row

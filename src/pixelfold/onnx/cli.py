@@ -28,7 +28,9 @@ def transforms_for(profile: str | None, target: str | None = None) -> tuple[str,
     """The ONNX transforms for a ``--profile`` (a ``--target`` is its own profile: :func:`run` hands it to
     :func:`pixelfold.onnx.solve.rewrite_onnx_for_target`; giving both is refused).
 
-    Profiles combine with ``+`` (transforms in order, each once).
+    Profiles combine with ``+`` (transforms in order, each once); the nodes one transform makes are offered to the
+    others (``no_transposed+rank4``: the DepthToSpace subpixel makes is lowered; see
+    :func:`pixelfold.onnx.api.rewrite_onnx`).
 
     >>> transforms_for(None, None)
     ('fold', 'subpixel')

@@ -82,6 +82,24 @@ def fresh(model: onnx.ModelProto, base: str) -> str:
     raise AssertionError("unreachable")
 
 
+def name_nodes(model: onnx.ModelProto) -> None:
+    """Give (in place) every unnamed node the name the reports use for it, ``node{i}`` (its index), or a fresh
+    one where that is taken: a rewrite inserts nodes, so an index is no node's identity afterwards.
+
+    >>> g = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"]),
+    ...                             onnx.helper.make_node("Neg", ["y"], ["z"], name="node0")], "g", [], [])
+    >>> m = onnx.helper.make_model(g)
+    >>> name_nodes(m)
+    >>> [n.name for n in m.graph.node]
+    ['node0_pf0', 'node0']
+    """
+    used = {n.name for n in model.graph.node}
+    for i, n in enumerate(model.graph.node):
+        if not n.name:
+            n.name = f"node{i}" if f"node{i}" not in used else fresh(model, f"node{i}")
+            used.add(n.name)
+
+
 def prune_initializers(model: onnx.ModelProto) -> None:
     """Remove (in place) initializers no node and no graph output uses any more."""
     used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}

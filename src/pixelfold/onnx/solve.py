@@ -227,11 +227,7 @@ def rewrite_onnx_for_target(model: onnx.ModelProto, target: Any) -> tuple[onnx.M
     t0 = time.perf_counter()
     cur = copy.deepcopy(model)
     report = RewriteReport(rules=tgt.name, verified_on="onnxruntime CPU, random inputs")
-    used = {n.name for n in cur.graph.node}
-    for i, n in enumerate(cur.graph.node):  # unnamed nodes get the name the report uses (as rewrite_onnx's)
-        if not n.name:
-            n.name = f"node{i}" if f"node{i}" not in used else graph.fresh(cur, f"node{i}")
-            used.add(n.name)
+    graph.name_nodes(cur)  # unnamed nodes get the name the report uses (as rewrite_onnx's)
     names = [n.name for n in cur.graph.node]
     for name in names:
         idx = next((i for i, n in enumerate(cur.graph.node) if n.name == name), None)

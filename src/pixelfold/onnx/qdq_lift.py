@@ -239,10 +239,6 @@ def _requantize(model: onnx.ModelProto, nodes: list[onnx.NodeProto], x: str, fin
     return out
 
 
-def _index_of(model: onnx.ModelProto, output: str) -> int:
-    return next(i for i, n in enumerate(model.graph.node) if output in n.output)
-
-
 def lift(pattern: Pattern, model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
     """``pattern`` at node ``idx`` of the QDQ graph ``model`` (a copy: initializers are added to it), integer weights
     kept; :class:`FoldError` when the pattern's weight map is not a gather or the quantization cannot follow it."""
@@ -255,8 +251,8 @@ def lift(pattern: Pattern, model: onnx.ModelProto, idx: int, shapes: dict) -> Sp
             raise FoldError(f"{pattern.name}: no Conv → Q → DQ → DepthToSpace / SpaceToDepth → Q → DQ → Conv "
                             "(per tensor, single readers) at this node; not rewritten")
         key, wkey = names
-        idx, shapes = _index_of(model, key), static_shapes(model)
-    conv = model.graph.node[_index_of(model, wkey)]
+        idx, shapes = producer(model, key), static_shapes(model)
+    conv = model.graph.node[producer(model, wkey)]
     final = model.graph.node[idx].output[0] if model.graph.node[idx].input[0] == wkey else wkey
     x_in = conv.input[0]
     w = qtensor(model, conv.input[1])
@@ -271,22 +267,22 @@ def lift(pattern: Pattern, model: onnx.ModelProto, idx: int, shapes: dict) -> Sp
     slots = [(1, w)] + ([(2, b)] if b is not None else [])
     bias_codes = True
     for m, fill in ((probe, "codes"), (model, "values")):
-        node = m.graph.node[_index_of(m, wkey)]
+        node = m.graph.node[producer(m, wkey)]
         for slot, t in slots:
             data = (np.arange(1, t.q.size + 1, dtype=np.float64).reshape(t.q.shape) if fill == "codes"
                     else (t.centred() if slot == 1 else t.q.astype(np.float64)))
             _substitute(m, node, slot, data, "_lifted")
-    spare = copy.deepcopy(probe) if b is not None else None
     try:
         coded = pattern.build(probe, idx, shapes)
     except FoldError:
         if b is None:
             raise
         # the builder checks the bias's values (transposed: one bias per channel, equal across its phases), which
-        # distinct codes fail: retry with the bias's values; its scale must then be per tensor (no map needed)
-        probe, bias_codes = spare, False
-        node = probe.graph.node[_index_of(probe, wkey)]
-        _substitute(probe, node, 2, b.q.astype(np.float64), "_values")
+        # distinct codes fail: retry on a copy of the value model (its bias holds the values, not yet built on)
+        # with the weight's codes; the bias's scale must then be per tensor (no map needed)
+        probe, bias_codes = copy.deepcopy(model), False
+        node = probe.graph.node[producer(probe, wkey)]
+        _substitute(probe, node, 1, np.arange(1, w.q.size + 1, dtype=np.float64).reshape(w.q.shape), "_codes")
         coded = pattern.build(probe, idx, shapes)
     splice = pattern.build(model, idx, shapes)
     weighted = [(n, c) for n, c in zip(splice.nodes, coded.nodes) if n.op_type in WEIGHTED]

@@ -28,6 +28,7 @@ from onnx import helper, numpy_helper
 from pixelfold.errors import FoldError
 from pixelfold.onnx.graph import const
 from pixelfold.onnx.nodes import consumers, producer
+from pixelfold.onnx.qdq_lift import qtensor
 
 
 def _zero(model: onnx.ModelProto, node: onnx.NodeProto) -> np.ndarray | None:
@@ -64,26 +65,13 @@ def region_ends(model: onnx.ModelProto, anchor: onnx.NodeProto) -> tuple[str, st
     return start, end, zx, np.array([info.min, info.max])
 
 
-def _centred(model: onnx.ModelProto, dq: onnx.NodeProto) -> np.ndarray:
-    q = const(model, dq.input[0]).astype(np.float64)
-    z = const(model, dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
-    if z is None:
-        return q
-    z = z.astype(np.float64)
-    if z.size > 1:
-        axis = int(helper.get_attribute_value(next(a for a in dq.attribute if a.name == "axis"))) \
-            if any(a.name == "axis" for a in dq.attribute) else 1
-        z = z.reshape([-1 if d == axis % q.ndim else 1 for d in range(q.ndim)])
-    return q - z
-
-
 def integer_region(model: onnx.ModelProto, x_q: str, y: str, dtype: type = np.float64) -> onnx.ModelProto:
     """The centred-integer model (float64, or ``dtype``) of the nodes between ``x_q`` and ``y`` (module docstring)."""
     sub = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model)).extract_model([x_q], [y])
     nodes, inits = [], []
     for n in sub.graph.node:
         if n.op_type == "DequantizeLinear" and const(sub, n.input[0]) is not None:
-            inits.append(numpy_helper.from_array(_centred(sub, n).astype(dtype), n.output[0]))
+            inits.append(numpy_helper.from_array(qtensor(sub, n.output[0]).centred().astype(dtype), n.output[0]))
         elif n.op_type in ("DequantizeLinear", "QuantizeLinear"):
             nodes.append(helper.make_node("Identity", [n.input[0]], list(n.output), name=n.name))
         elif n.op_type == "Pad" and len(n.input) > 2 and n.input[2]:

@@ -106,3 +106,15 @@ def test_patch_linear_memory_format_is_validated_and_planned():
         pf.PatchLinear(conv, memory_format="nhwc")
     assert "memory_format='channels_last'" in repr(pf.PatchLinear(conv, memory_format="channels_last"))
     assert "memory_format" not in repr(pf.PatchLinear(conv))
+
+
+@pytest.mark.parametrize("memory_format", ["conv", "channels_last"])
+def test_patch_linear_empty_batch_and_zeros(memory_format):
+    """Regression: the one-copy forward reshaped with -1, which an empty batch cannot resolve (RuntimeError)."""
+    conv = nn.Conv2d(3, 8, 4, stride=4)
+    m = pf.PatchLinear(conv, memory_format=memory_format)
+    for x in (torch.zeros(0, 3, 16, 16), torch.zeros(0, 3, 16, 16).to(memory_format=torch.channels_last),
+              torch.zeros(2, 3, 17, 9)):
+        y = m(x)
+        assert y.shape == conv(x).shape
+        torch.testing.assert_close(y, conv(x), rtol=0, atol=1e-6)

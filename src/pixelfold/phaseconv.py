@@ -350,7 +350,7 @@ class PatchLinear(_GatheredConv):
         # the conv answers contiguous (N, O, *out): W @ patchesᵀ writes that order directly (F.linear's (N, *out, O)
         # would need one more copy of the output: 1.09× the hand-written form on Qwen2-VL's Conv3d)
         out = patches.shape[1:-1]
-        y = torch.matmul(weight, patches.reshape(patches.shape[0], -1, patches.shape[-1]).transpose(1, 2))
+        y = torch.matmul(weight, patches.reshape(patches.shape[0], math.prod(out), patches.shape[-1]).transpose(1, 2))
         if bias is not None:
             y = y.add_(bias.view(-1, 1))  # in place: matmul's backward does not need its output
         return y.view(y.shape[0], y.shape[1], *out)  # not movedim(-1, ...): the TorchScript ONNX exporter mis-writes negative dims
@@ -366,7 +366,7 @@ class PatchLinear(_GatheredConv):
         outer = [2 + 2 * i for i in range(n)]
         inner = [3 + 2 * i for i in range(n)]
         perm = (0, *outer, 1, *inner) if self.order == "crd" else (0, *outer, *inner, 1)
-        return split.permute(perm).reshape(x.shape[0], *out, -1)
+        return split.permute(perm).reshape(x.shape[0], *out, x.shape[1] * math.prod(k))  # not -1: an empty batch
 
     def _patch_view(self, x: torch.Tensor) -> torch.Tensor | None:
         """``(N, C·prod(k))`` patch vectors as a view of ``x`` when the input is exactly one patch whose memory

@@ -1,6 +1,8 @@
 # The NPU judge environments (issue 10): Arm Vela (Ethos-U) and Rockchip rknn-toolkit2, each in its own venv.
 # `make npu-env` builds both from nothing; the stamps make a rerun a no-op (a changed requirements file rebuilds).
 # pixelfold is not installed into them: the judges run their workers with PYTHONPATH=src.
+# Each starts with hard links to the packages .venv holds at the pinned versions (mk/seed_venv.py: torch's CUDA
+# libraries once on disk, not three times), so .venv is built first.
 NPU_PYTHON ?= python3
 VELA_VENV  := .venv-vela
 RKNN_VENV  := .venv-rknn
@@ -39,18 +41,20 @@ npu-env: npu-env-vela npu-env-rknn
 npu-env-vela: $(VELA_STAMP)
 npu-env-rknn: $(RKNN_STAMP)
 
-$(VELA_STAMP): $(JUDGES_DIR)/requirements-vela.txt $(JUDGES_DIR)/constraints-vela.txt
+$(VELA_STAMP): $(JUDGES_DIR)/requirements-vela.txt $(JUDGES_DIR)/constraints-vela.txt | $(STAMP)
 	rm -rf $(VELA_VENV)
 	$(NPU_PYTHON) -m venv $(VELA_VENV)
 	$(VELA_VENV)/bin/python $(NPU_PIP) --upgrade pip
+	$(NPU_PYTHON) mk/seed_venv.py $(VENV) $(VELA_VENV) $(JUDGES_DIR)/constraints-vela.txt
 	$(VELA_VENV)/bin/python $(NPU_PIP) -r $(JUDGES_DIR)/requirements-vela.txt -c $(JUDGES_DIR)/constraints-vela.txt
 	$(VELA_VENV)/bin/vela --version
 	touch $@
 
-$(RKNN_STAMP): $(JUDGES_DIR)/requirements-rknn.txt $(JUDGES_DIR)/constraints-rknn.txt
+$(RKNN_STAMP): $(JUDGES_DIR)/requirements-rknn.txt $(JUDGES_DIR)/constraints-rknn.txt | $(STAMP)
 	rm -rf $(RKNN_VENV)
 	$(NPU_PYTHON) -m venv $(RKNN_VENV)
 	$(RKNN_VENV)/bin/python $(NPU_PIP) --upgrade pip
+	$(NPU_PYTHON) mk/seed_venv.py $(VENV) $(RKNN_VENV) $(JUDGES_DIR)/constraints-rknn.txt
 	$(RKNN_VENV)/bin/python $(NPU_PIP) torch==2.14.1 -c $(JUDGES_DIR)/constraints-rknn.txt
 	$(RKNN_VENV)/bin/python $(NPU_PIP) -r $(JUDGES_DIR)/requirements-rknn.txt -c $(JUDGES_DIR)/constraints-rknn.txt
 	$(RKNN_VENV)/bin/python $(NPU_PIP) --no-deps rknn-toolkit2==2.5.0

@@ -165,7 +165,7 @@ def test_qdq_lift_refuses_a_channel_mixing_per_channel_scales():
 
 def test_lifted_patterns_are_registered():
     assert {n for n, p in PATTERNS.items() if p.lift_qdq} >= {"subpixel", "subpixel_crd", "polyphase2", "polyphase4",
-                                                              "transposed", "merge", "dcr_flip"}
+                                                              "transposed", "merge", "dcr_flip", "patch_matmul"}
 
 
 def _pair_model(kind, mode="DCR", relu=False, tied=True, o=2, r=2):

@@ -9,7 +9,10 @@ layout must match the Transpose's ``(C, kh, kw)``: ``"crd"`` (channel-major, the
 Applies when: a 2-D Conv with constant weight (and bias), kernel == stride in each dim, pads all 0 (or
 ``auto_pad`` VALID, or SAME_* resolving to 0), dilation 1, one group, static C, H and W (the batch may be
 dynamic: the reshapes copy or infer it). Rows/columns past the last whole patch, which the Conv ignores,
-are cut by a Slice first. Only strided convs are tried (``strides >= 2``): a 1x1 stride-1 Conv is a GEMM too,
+are cut by a Slice first. On an int8 QDQ graph the weight stays integer (the lift, :mod:`pixelfold.onnx.qdq_lift`):
+the GEMM is one ``Gemm(transB=1)`` with the conv's own ``(O, C*kh*kw)`` integer weight, per-channel scales on
+axis 0 and the int32 bias as ``C``, between Q→DQ pairs, which onnxruntime fuses into one integer kernel
+(QGemm) as it fuses the Conv into QLinearConv. Only strided convs are tried (``strides >= 2``): a 1x1 stride-1 Conv is a GEMM too,
 but rewriting every pointwise conv of a model is not what this pattern is for.
 
 >>> PATCH_ORDER
@@ -50,9 +53,10 @@ def patch_matrix(w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
         return m.transformed_weight().detach().numpy().T.astype(w.dtype)
 
 
-def patch_nodes(model: onnx.ModelProto, node: onnx.NodeProto) -> list[onnx.NodeProto]:
+def patch_nodes(model: onnx.ModelProto, node: onnx.NodeProto, gemm: bool = False) -> list[onnx.NodeProto]:
     """Replacement nodes for a patchify Conv ``node``; adds initializers to ``model``; :class:`FoldError` if it
-    is not one (the reason and the numbers in the message)."""
+    is not one (the reason and the numbers in the message). ``gemm``: one ``Gemm(transB=1)`` with the ``(O, K)``
+    weight and the bias as its ``C`` (the int8 QDQ form) instead of ``MatMul`` with ``(K, O)`` + ``Add``."""
     w, b = conv_weights(model, node, "patch_matmul")
     a = attrs(node)
     O, Cg, kh, kw = w.shape
@@ -96,9 +100,14 @@ def patch_nodes(model: onnx.ModelProto, node: onnx.NodeProto) -> list[onnx.NodeP
     t = transpose(t, [0, 2, 4, 1, 3, 5], "_patchesT")  # (N, h, w, C, kh, kw): the crd patch vector
     t = reshape(t, [-1, C * kh * kw], "_rows")
     y = fresh(model, base + "_gemm")
-    nodes.append(helper.make_node("MatMul", [t, init(model, patch_matrix(w, b), node.input[1] + "_patch")], [y],
-                                  name=fresh(model, base + "_MatMul")))
-    if b is not None:
+    if gemm:
+        weight = init(model, np.ascontiguousarray(patch_matrix(w, b).T), node.input[1] + "_patch")
+        nodes.append(helper.make_node("Gemm", [t, weight] + ([node.input[2]] if b is not None else []), [y],
+                                      name=fresh(model, base + "_Gemm"), transB=1))
+    else:
+        nodes.append(helper.make_node("MatMul", [t, init(model, patch_matrix(w, b), node.input[1] + "_patch")], [y],
+                                      name=fresh(model, base + "_MatMul")))
+    if b is not None and not gemm:
         z = fresh(model, base + "_biased")
         nodes.append(helper.make_node("Add", [y, node.input[2]], [z], name=fresh(model, base + "_Add")))
         y = z
@@ -111,6 +120,10 @@ def _build(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
     return Splice(remove=[idx], nodes=patch_nodes(model, model.graph.node[idx]))
 
 
+def _build_gemm(model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
+    return Splice(remove=[idx], nodes=patch_nodes(model, model.graph.node[idx], gemm=True))
+
+
 def _patchify(node: onnx.NodeProto) -> bool:
     return max(attrs(node).get("strides", [1, 1])) >= 2
 
@@ -118,4 +131,4 @@ def _patchify(node: onnx.NodeProto) -> bool:
 register(Pattern("patch_matmul", ("Conv",), _build,
                  "patchify Conv (kernel == stride, no pads) => [Slice] Reshape Transpose Reshape MatMul [Add] "
                  "Reshape Transpose",
-                 _patchify))
+                 _patchify, lift_qdq=True, qdq_build=_build_gemm))

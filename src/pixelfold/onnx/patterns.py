@@ -56,6 +56,9 @@ class Pattern:
     applies: Callable[[onnx.NodeProto], bool] = field(default=lambda node: True)
     #: on int8 QDQ graphs, run the builder through :func:`pixelfold.onnx.qdq_lift.lift` (integer weights kept)
     lift_qdq: bool = False
+    #: the builder the lift runs instead of ``build`` where the QDQ form differs (``patch_matmul``: one Gemm with
+    #: its int32 bias, which onnxruntime fuses into an integer kernel, for the float form's MatMul + Add)
+    qdq_build: Builder | None = None
 
     def splice(self, model: onnx.ModelProto, idx: int, shapes: dict) -> Splice:
         """The builder's :class:`Splice` for node ``idx``; through the QDQ lift where the weight is quantized."""

@@ -41,7 +41,8 @@ from pixelfold.onnx.patterns import Pattern, Splice
 from pixelfold.onnx.qdq_commute import commute, weighted_of
 
 #: nodes whose input 1 is a weight (and input 2 a bias), with the weight axis that indexes output channels
-WEIGHTED = {"Conv": 0, "ConvTranspose": 1}
+#: (a Gemm only as the patterns write it: ``transB=1``, the weight ``(O, K)``; :func:`lift` refuses another)
+WEIGHTED = {"Conv": 0, "ConvTranspose": 1, "Gemm": 0}
 #: float32 holds every integer below this exactly: the codes and the centred values must stay below it
 EXACT = 2 ** 24
 
@@ -263,6 +264,7 @@ def lift(pattern: Pattern, model: onnx.ModelProto, idx: int, shapes: dict) -> Sp
     if w.q.size >= EXACT or (b is not None and (b.q.size >= EXACT or np.abs(b.q).max(initial=0) >= EXACT)):
         raise FoldError(f"the weight ({w.q.size:,} taps) or the bias is beyond float32's exact integers (2^24): "
                         "the builder could not carry it exactly; not rewritten")
+    build = pattern.qdq_build or pattern.build
     probe = copy.deepcopy(model)
     slots = [(1, w)] + ([(2, b)] if b is not None else [])
     bias_codes = True
@@ -273,7 +275,7 @@ def lift(pattern: Pattern, model: onnx.ModelProto, idx: int, shapes: dict) -> Sp
                     else (t.centred() if slot == 1 else t.q.astype(np.float64)))
             _substitute(m, node, slot, data, "_lifted")
     try:
-        coded = pattern.build(probe, idx, shapes)
+        coded = build(probe, idx, shapes)
     except FoldError:
         if b is None:
             raise
@@ -283,11 +285,13 @@ def lift(pattern: Pattern, model: onnx.ModelProto, idx: int, shapes: dict) -> Sp
         probe, bias_codes = copy.deepcopy(model), False
         node = probe.graph.node[producer(probe, wkey)]
         _substitute(probe, node, 1, np.arange(1, w.q.size + 1, dtype=np.float64).reshape(w.q.shape), "_codes")
-        coded = pattern.build(probe, idx, shapes)
-    splice = pattern.build(model, idx, shapes)
+        coded = build(probe, idx, shapes)
+    splice = build(model, idx, shapes)
     weighted = [(n, c) for n, c in zip(splice.nodes, coded.nodes) if n.op_type in WEIGHTED]
     if not weighted or [n.op_type for n in splice.nodes] != [n.op_type for n in coded.nodes]:
         raise FoldError(f"{pattern.name}: the code and value runs built different graphs; not rewritten")
+    if any(n.op_type == "Gemm" and (attrs(n).get("transA", 0) or not attrs(n).get("transB", 0)) for n, _ in weighted):
+        raise FoldError(f"{pattern.name}: a new Gemm without transB=1 (weight not (O, K)); not rewritten")
     dqs: list[onnx.NodeProto] = []
     for n, c in weighted:
         wc, wv = const(probe, c.input[1]), const(model, n.input[1])
@@ -304,7 +308,7 @@ def lift(pattern: Pattern, model: onnx.ModelProto, idx: int, shapes: dict) -> Sp
                 continue
             bc = const(probe, c.input[2])
             dqs.append(_lift_bias(model, n, b, bc, const(model, n.input[2])))
-            if n.op_type == "Conv" and w.axis is not None:  # bias entry j is output channel j
+            if WEIGHTED[n.op_type] == 0 and w.axis is not None:  # bias entry j is output channel j
                 fallback = np.maximum(_as_index(bc, b.q.size, "bias"), 0)
         dq, mapping = _lift_weight(model, n, w, wc, wv, fallback)
         if fallback is not None and mapping is not None and not np.array_equal(mapping, fallback):

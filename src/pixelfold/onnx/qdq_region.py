@@ -26,7 +26,7 @@ import onnx.utils
 from onnx import helper, numpy_helper
 
 from pixelfold.errors import FoldError
-from pixelfold.onnx.graph import const
+from pixelfold.onnx.graph import attrs, const
 from pixelfold.onnx.nodes import consumers, producer
 from pixelfold.onnx.qdq_lift import qtensor
 
@@ -97,9 +97,10 @@ def bound(region: onnx.ModelProto, x_max: float) -> float:
     """An upper bound of every partial sum in ``region``: per output channel Σ|w| · max|x| + max|b|."""
     values = {t.name: numpy_helper.to_array(t) for t in region.graph.initializer}
     worst = 0.0
-    for n in (n for n in region.graph.node if n.op_type in ("Conv", "ConvTranspose")):
+    for n in (n for n in region.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")):
         w = np.abs(values[n.input[1]].astype(np.float64))
-        per_out = w.sum(axis=tuple(i for i in range(w.ndim) if i != (0 if n.op_type == "Conv" else 1)))
+        out_axis = {"Conv": 0, "ConvTranspose": 1, "MatMul": 1}.get(n.op_type, 0 if attrs(n).get("transB", 0) else 1)
+        per_out = w.sum(axis=tuple(i for i in range(w.ndim) if i != out_axis))
         b = np.abs(values[n.input[2]]).max(initial=0) if len(n.input) > 2 and n.input[2] else 0.0
         worst = max(worst, float(per_out.max(initial=0)) * x_max + float(b))
     return worst

@@ -173,3 +173,21 @@ def test_onehot_float_graph_keeps_a_float_weight():
     new, _ = _rewrite(_around("s2d"), "onehot_s2d")
     conv = next(n for n in new.graph.node if n.name.startswith("n_onehot"))
     assert producer(new, conv.input[1]) is None  # an initializer, not a DequantizeLinear
+
+
+def test_region_bound_counts_gemm_weights():
+    """The float32-exact bound (Σ|w|·max|x| + |b| < 2²⁴) must see a Gemm's weight, or a large Gemm region would be
+    evaluated in float32 without the guarantee."""
+    from pixelfold.onnx.qdq_region import bound
+
+    w = numpy_helper.from_array(np.full((3, 5), -2.0), "w")  # (O, K), transB=1: each output sums 5 taps
+    b = numpy_helper.from_array(np.array([1.0, -7.0, 0.0]), "b")
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["y"], transB=1)]
+    g = helper.make_graph(nodes, "r", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, None)],
+                          [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)], [w, b])
+    assert bound(helper.make_model(g), 100.0) == 10 * 100.0 + 7.0
+    nodes = [helper.make_node("MatMul", ["x", "wt"], ["y"])]
+    wt = numpy_helper.from_array(np.full((5, 3), 3.0), "wt")  # (K, O)
+    g = helper.make_graph(nodes, "r", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, None)],
+                          [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)], [wt])
+    assert bound(helper.make_model(g), 2.0) == 15 * 2.0

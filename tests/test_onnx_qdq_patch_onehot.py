@@ -191,3 +191,26 @@ def test_region_bound_counts_gemm_weights():
     g = helper.make_graph(nodes, "r", [helper.make_tensor_value_info("x", TensorProto.DOUBLE, None)],
                           [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None)], [wt])
     assert bound(helper.make_model(g), 2.0) == 15 * 2.0
+
+
+def test_qdq_lift_looks_through_a_shared_bias_identity():
+    """torch's exporter writes equal biases as one initializer read through Identity nodes; quantize_static then gives
+    ``DQ(b_q) → Identity → Conv``. The lift follows the Identity (it skipped: 'not a DequantizeLinear of an int32
+    initializer'), the region check reads the constant through it (it could not run), and no dead node is left."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 3, 4, 4)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.standard_normal((8, 8, 2, 2)).astype(np.float32), "w2"),
+             numpy_helper.from_array(np.zeros(8, np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b"], ["a"], name="c1", kernel_shape=[4, 4], strides=[4, 4]),
+             helper.make_node("Identity", ["b"], ["b2"], name="same_bias"),
+             helper.make_node("Conv", ["a", "w2", "b2"], ["y"], name="c2", kernel_shape=[2, 2], strides=[2, 2])]
+    q = qv.quantize(_graph(nodes, [1, 3, 32, 32], inits), True, "uint8")
+    assert "Identity" in [n.op_type for n in q.graph.node]
+    new, rep = rewrite_onnx(q, ("patch_matmul",))
+    assert [e.status for e in rep.entries] == ["changed", "changed"], [(e.path, e.reason) for e in rep.entries]
+    ops = [n.op_type for n in new.graph.node]
+    assert "Conv" not in ops and ops.count("Gemm") == 2
+    read = {i for n in new.graph.node for i in n.input} | {o.name for o in new.graph.output}
+    assert all(o in read for n in new.graph.node for o in n.output), "a dead node was left"
+    m = qv.measure(q, new, ["c1", "c2"], seed=3, batches=2)
+    assert m["integer"] == 0.0 and m["checked"] == 2 and m["on"] == 0.0, m

@@ -35,11 +35,14 @@ class Splice:
             del model.graph.node[i]
         for j, n in enumerate(self.nodes):
             model.graph.node.insert(at + j, n)
-        read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-        for i in reversed(range(len(model.graph.node))):
-            outs = model.graph.node[i].output
-            if outs and all(o in self.drop_if_dead and o not in read for o in outs):
+        dropped = True
+        while dropped:  # until nothing more is dead: an Identity read the DequantizeLinear before it went
+            read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+            dead = [i for i, n in enumerate(model.graph.node)
+                    if n.output and all(o in self.drop_if_dead and o not in read for o in n.output)]
+            for i in reversed(dead):
                 del model.graph.node[i]
+            dropped = bool(dead)
 
 
 Builder = Callable[[onnx.ModelProto, int, dict], Splice]

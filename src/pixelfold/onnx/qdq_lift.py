@@ -66,8 +66,11 @@ class QTensor:
 
 
 def qtensor(model: onnx.ModelProto, name: str) -> QTensor | None:
-    """The :class:`QTensor` producing ``name``, or None when ``name`` is not a DequantizeLinear of constants."""
+    """The :class:`QTensor` producing ``name``, or None when ``name`` is not a DequantizeLinear of constants. Identity
+    nodes in between are looked through (torch's exporter writes equal biases as one initializer and Identities)."""
     i = producer(model, name)
+    while i is not None and model.graph.node[i].op_type == "Identity":
+        i = producer(model, model.graph.node[i].input[0])
     if i is None or model.graph.node[i].op_type != "DequantizeLinear":
         return None
     dq = model.graph.node[i]
@@ -255,7 +258,7 @@ def lift(pattern: Pattern, model: onnx.ModelProto, idx: int, shapes: dict) -> Sp
         idx, shapes = producer(model, key), static_shapes(model)
     conv = model.graph.node[producer(model, wkey)]
     final = model.graph.node[idx].output[0] if model.graph.node[idx].input[0] == wkey else wkey
-    x_in = conv.input[0]
+    x_in, read = conv.input[0], list(conv.input)  # the names the builders' substitutions replace
     w = qtensor(model, conv.input[1])
     b = qtensor(model, conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
     if len(conv.input) > 2 and conv.input[2] and b is None:
@@ -318,7 +321,7 @@ def lift(pattern: Pattern, model: onnx.ModelProto, idx: int, shapes: dict) -> Sp
         dqs.insert(0, dq)
     nodes = _requantize(model, list(splice.nodes), x_in, final)
     first = next(i for i, n in enumerate(nodes) if n.op_type in WEIGHTED)
-    drop = [t.dq.output[0] for _, t in slots]
+    drop = [t.dq.output[0] for _, t in slots] + [read[s] for s, _ in slots]  # the DQs, and Identities
     return Splice(remove=splice.remove, nodes=nodes[:first] + dqs + nodes[first:], at=splice.at,
                   drop_if_dead=drop)
 

@@ -96,6 +96,9 @@ def integer_region(model: onnx.ModelProto, x_q: str, y: str, dtype: type = np.fl
 def bound(region: onnx.ModelProto, x_max: float) -> float:
     """An upper bound of every partial sum in ``region``: per output channel Σ|w| · max|x| + max|b|."""
     values = {t.name: numpy_helper.to_array(t) for t in region.graph.initializer}
+    for n in region.graph.node:  # an Identity of a constant (torch's exporter shares equal biases so) is that constant
+        if n.op_type == "Identity" and n.input[0] in values:
+            values[n.output[0]] = values[n.input[0]]
     worst = 0.0
     for n in (n for n in region.graph.node if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul")):
         w = np.abs(values[n.input[1]].astype(np.float64))

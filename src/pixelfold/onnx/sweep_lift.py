@@ -21,10 +21,14 @@ from pathlib import Path
 #: (zoo model, pattern, per-channel weights)
 CASES = (("fsrcnn_x3", "subpixel", True), ("fsrcnn_x4", "subpixel", True), ("dcgan_generator", "subpixel", True),
          ("unet_small", "subpixel", True), ("fsrcnn_x3", "subpixel_crd", True), ("espcn_x3", "dcr_flip", True),
-         ("espcn_x3", "transposed", False), ("espcn_x3", "polyphase2", True), ("resnet18", "polyphase2", True))
+         ("espcn_x3", "transposed", False), ("espcn_x3", "polyphase2", True), ("resnet18", "polyphase2", True),
+         ("patchify_k8s8", "patch_matmul", True), ("vit_tiny_patch16", "patch_matmul", True),
+         ("convnext_atto", "patch_matmul", True), ("espcn_x3", "onehot_d2s", True))
+#: onnxruntime's fused integer kernels counted in the table
+INTEGER_OPS = ("QLinearConv", "QGemm", "QLinearMatMul")
 HEAD = ("| model | activations | pattern | rewrites | integer accumulators max abs Δ (regions checked) "
         "| ORT opt. on: max abs Δ, outputs differing | ORT opt. off: max abs Δ, outputs differing "
-        "| QLinearConv before → after | time | not rewritten |\n|---|---|---|---|---|---|---|---|---|---|")
+        "| integer kernels (QLinearConv, QGemm) before → after | time | not rewritten |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def _export(name: str):
@@ -72,9 +76,9 @@ def sweep_one(name: str, pattern: str, per_channel: bool, activation: str) -> st
     e = qv.measure(q, new, changed, seed=3, batches=3) if changed else {"integer": "-", "checked": 0}
     rng = np.random.default_rng(7)
     feeds = [verify._inputs(q, rng, 8) for _ in range(10)]
-    fused = [collections.Counter(n.op_type for n in qv.fused_ops(m))["QLinearConv"] for m in (q, new)]
+    fused = [sum(n.op_type in INTEGER_OPS for n in qv.fused_ops(m)) for m in (q, new)]
     status = collections.Counter(x.status for x in rep.entries)
-    why = "; ".join(sorted({x.reason[:100] for x in rep.entries if x.status != "changed"}))
+    why = "; ".join(sorted({x.reason[:100] for x in rep.entries if x.status != "changed" and x.reason}))
     return (f"| {name} | {activation}{'' if per_channel else ' (per-tensor weights)'} | {pattern} | "
             f"{status['changed']} changed, {status['skipped']} skipped, {status['failed']} failed | "
             f"{e['integer']} ({e['checked']:g}) | {_differences(q, new, feeds, True)} | "
